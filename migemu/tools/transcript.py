@@ -1,0 +1,184 @@
+"""QMP session transcripts: the JSONL format, placeholders and comparison helpers (tools layer).
+
+A transcript is one JSON object per line: ``{"t", "mon", "dir", "msg", "raw"}`` for traffic
+(``dir`` is ``c2s``, ``s2c`` or ``event``; ``raw`` holds the exact text on the wire) and
+``{"t", "mon", "dir": "note", "text", "data"}`` for what the recorder observed (argv, exit
+status, EOF). Host paths never appear in a transcript: they are written as placeholders
+(``IMAGE_256M``, ``DST_RAM_<name>``, ``SOCK_<name>``) that :class:`Placeholders` maps to
+real temporary paths when a session is recorded or replayed. Event timestamps are the one
+part of the bytes that legitimately differs between runs; :func:`mask_timestamps` hides
+their values but keeps the format and key order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Entry = dict[str, Any]
+
+DIR_C2S = "c2s"
+DIR_S2C = "s2c"
+DIR_EVENT = "event"
+DIR_NOTE = "note"
+DIRECTIONS = (DIR_C2S, DIR_S2C, DIR_EVENT, DIR_NOTE)
+
+NOTE_STARTED = "qemu started"
+NOTE_EXITED = "qemu exited"
+NOTE_EOF = "EOF on QMP socket"
+
+IMAGE_SIZE_BYTES = 256 * 1024 * 1024
+PLACEHOLDER_RE = re.compile(r"\b(IMAGE_256M|DST_RAM_[A-Za-z0-9_-]+|SOCK_[A-Za-z0-9_-]+)")
+_TIMESTAMP_RE = re.compile(r'\{"seconds": -?[0-9]+, "microseconds": -?[0-9]+\}')
+TIMESTAMP_MASK = '{"seconds": S, "microseconds": U}'
+_QMP_UNIX_RE = re.compile(r"^unix:([^,]+)")
+
+
+# --- the JSONL format -------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str]) -> list[Entry]:
+    """Read a transcript; every line must be a JSON object with a known ``dir``."""
+    entries: list[Entry] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or entry.get("dir") not in DIRECTIONS:
+                raise ValueError(f"{path}:{lineno}: not a transcript entry: {line!r}")
+            entries.append(entry)
+    return entries
+
+
+def dumps(entry: Entry) -> str:
+    """One transcript line (without the newline), in the shared transcripts' style."""
+    return json.dumps(entry)
+
+
+def save(path: str | os.PathLike[str], entries: Iterable[Entry]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for entry in entries:
+            f.write(dumps(entry) + "\n")
+
+
+def parse_msg(raw: str) -> Any:
+    """The JSON value of one wire line for the ``msg`` member; None when Python cannot parse
+    it (malformed input, single quotes, several objects on one line)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def is_event(raw: str) -> bool:
+    msg = parse_msg(raw)
+    return isinstance(msg, dict) and "event" in msg and "timestamp" in msg
+
+
+def traffic(entries: Iterable[Entry], mon: str | None = None) -> Iterator[Entry]:
+    """The c2s/s2c/event entries, optionally of one monitor."""
+    for e in entries:
+        if e["dir"] != DIR_NOTE and (mon is None or e["mon"] == mon):
+            yield e
+
+
+def started(entries: Iterable[Entry]) -> dict[str, list[str]]:
+    """Monitor name -> the argv (with placeholders) its process was started with."""
+    return {
+        e["mon"]: list(e["data"]["argv"])
+        for e in entries
+        if e["dir"] == DIR_NOTE and e.get("text") == NOTE_STARTED
+    }
+
+
+def qmp_socket(argv: list[str]) -> str | None:
+    """The unix socket path (or placeholder) of the first ``-qmp unix:...`` option."""
+    for opt, value in zip(argv, argv[1:], strict=False):
+        if opt in ("-qmp", "--qmp"):
+            m = _QMP_UNIX_RE.match(value)
+            if m:
+                return m.group(1)
+    return None
+
+
+# --- placeholders -------------------------------------------------------------------------
+
+
+@dataclass
+class Placeholders:
+    """Maps placeholder names to real paths below one temporary directory.
+
+    Paths are allocated on first use: IMAGE_256M and DST_RAM_* become sparse 256 MiB files
+    (QEMU maps them as guest RAM), SOCK_* become socket paths that do not exist yet.
+    """
+
+    root: Path
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def path(self, name: str) -> str:
+        if name not in self.paths:
+            real = self.root / name
+            if not name.startswith("SOCK_"):
+                with open(real, "wb") as f:
+                    f.truncate(IMAGE_SIZE_BYTES)
+            self.paths[name] = str(real)
+        return self.paths[name]
+
+    def substitute(self, text: str) -> str:
+        """Placeholders -> real paths."""
+        return PLACEHOLDER_RE.sub(lambda m: self.path(m.group(1)), text)
+
+    def substitute_argv(self, argv: list[str]) -> list[str]:
+        return [self.substitute(a) for a in argv]
+
+    def unsubstitute(self, text: str) -> str:
+        """Real paths -> placeholders (longest path first, so no path eats another)."""
+        for name, real in sorted(self.paths.items(), key=lambda kv: -len(kv[1])):
+            text = text.replace(real, name)
+        return text
+
+    def cleanup(self) -> None:
+        for real in self.paths.values():
+            try:
+                os.unlink(real)
+            except FileNotFoundError:
+                pass
+
+
+# --- comparison ---------------------------------------------------------------------------
+
+
+def mask_timestamps(raw: str) -> str:
+    """Hide the values of every event timestamp, keeping its text shape and position."""
+    return _TIMESTAMP_RE.sub(TIMESTAMP_MASK, raw)
+
+
+def expected_line(entry: Entry) -> str:
+    """What a replay must receive for an s2c/event entry, in comparable form."""
+    raw: str = entry["raw"]
+    return mask_timestamps(raw) if entry["dir"] == DIR_EVENT else raw
+
+
+def comparable(raw: str, is_event_entry: bool) -> str:
+    return mask_timestamps(raw) if is_event_entry else raw
+
+
+def describe_mismatch(expected: str, actual: str) -> str:
+    """A short explanation pointing at the first differing character."""
+    i = next(
+        (k for k, (a, b) in enumerate(zip(expected, actual, strict=False)) if a != b),
+        min(len(expected), len(actual)),
+    )
+    return (
+        f"first difference at offset {i}:\n"
+        f"  expected: {expected!r}\n"
+        f"  actual:   {actual!r}\n"
+        f"  expected[{i}:]: {expected[i : i + 60]!r}\n"
+        f"  actual[{i}:]:   {actual[i : i + 60]!r}"
+    )
