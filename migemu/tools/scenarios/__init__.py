@@ -6,11 +6,14 @@ Re-record every transcript with
 
 from __future__ import annotations
 
-from migemu.tools.scenarios import protocol
+from migemu.tools.scenarios import capabilities, parameters, protocol, vm
 from migemu.tools.scenarios.steps import Step
 
 SCENARIOS: dict[str, list[Step]] = {
     **protocol.SCENARIOS,
+    **parameters.SCENARIOS,
+    **capabilities.SCENARIOS,
+    **vm.SCENARIOS,
 }
 
 __all__ = ["SCENARIOS", "Step"]

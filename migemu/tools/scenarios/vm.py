@@ -1,0 +1,132 @@
+"""Scenarios for the VM around migration: run state, identity, incoming and failed migrate.
+
+Run-state commands with their STOP/RESUME events, ``-name``/``-uuid``/``-S``, a ``-incoming
+defer`` destination (``migrate-incoming`` on a unix socket, so ``socket-address`` holds a
+placeholder path rather than a random port), and the synchronous ``migrate`` errors. No real
+migration runs here, so nothing but event timestamps depends on timing.
+"""
+
+from __future__ import annotations
+
+from migemu.tools.scenarios.steps import Step, qmp, quit_, request, send, session
+
+QUIET_S = 0.2
+
+
+def vm_runstate() -> list[Step]:
+    n, m = "vm_runstate", "src"
+    steps = session(n, m)
+    steps += [
+        qmp(m, "query-status"),
+        qmp(m, "query-name"),
+        qmp(m, "query-uuid"),
+        qmp(m, "query-version"),
+        qmp(m, "query-status", {"foo": 1}),
+        qmp(m, "stop", events=1),
+        qmp(m, "query-status"),
+        send(m, request("stop"), quiet=QUIET_S),
+        qmp(m, "query-status"),
+        qmp(m, "cont", events=1),
+        qmp(m, "query-status"),
+        send(m, request("cont"), quiet=QUIET_S),
+        send(m, request("stop", id="s"), events=1),
+        send(m, request("cont", id="c"), events=1),
+        qmp(m, "query-status"),
+    ]
+    return steps + quit_(m)
+
+
+def vm_identity() -> list[Step]:
+    n, m = "vm_identity", "src"
+    steps = session(n, m, "-name", "guest-a", "-uuid", "12345678-9ABC-def0-1234-56789abcdef0", "-S")
+    steps += [
+        qmp(m, "query-name"),
+        qmp(m, "query-uuid"),
+        qmp(m, "query-status"),
+        send(m, request("stop"), quiet=QUIET_S),
+        qmp(m, "query-status"),
+        qmp(m, "cont", events=1),
+        qmp(m, "query-status"),
+    ]
+    return steps + quit_(m)
+
+
+def vm_name_options() -> list[Step]:
+    n, m = "vm_name_options", "src"
+    steps = session(n, m, "-name", "guest=vm,,one,debug-threads=on")
+    steps += [qmp(m, "query-name"), qmp(m, "query-uuid"), qmp(m, "query-status")]
+    return steps + quit_(m)
+
+
+def vm_incoming_defer() -> list[Step]:
+    n, m = "vm_incoming_defer", "dst"
+    uri = f"unix:SOCK_{n}-mig"
+    steps = session(n, m, "-incoming", "defer", share=True)
+    steps += [
+        qmp(m, "query-status"),
+        qmp(m, "query-migrate"),
+        qmp(m, "migrate", {"uri": "unix:SOCK_vm_incoming_defer-nowhere"}),
+        qmp(m, "migrate-incoming"),
+        qmp(m, "migrate-incoming", {"uri": 1}),
+        qmp(m, "migrate-incoming", {"uri": "foo:bar"}),
+        qmp(m, "query-migrate"),
+        qmp(m, "migrate-incoming", {"uri": uri}, events=1),
+        qmp(m, "query-migrate"),
+        qmp(m, "query-status"),
+        qmp(m, "migrate-incoming", {"uri": uri}),
+        qmp(m, "migrate-incoming", {"uri": "foo:bar"}),
+        qmp(m, "migrate", {"uri": "foo:bar"}),
+        qmp(
+            m,
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "multifd", "state": True}]},
+        ),
+        qmp(m, "migrate-set-parameters", {"multifd-channels": 4}),
+        qmp(m, "query-migrate"),
+        send(m, request("cont"), quiet=QUIET_S),
+        qmp(m, "query-status"),
+    ]
+    return steps + quit_(m)
+
+
+def vm_migrate_errors() -> list[Step]:
+    n, m = "vm_migrate_errors", "src"
+    steps = session(n, m)
+    steps += [
+        qmp(m, "migrate-incoming", {"uri": f"unix:SOCK_{n}-in"}),
+        qmp(m, "migrate"),
+        qmp(m, "migrate", {"uri": 1}),
+        qmp(m, "migrate", {"uri": "unix:x", "foo": 1}),
+        qmp(m, "query-migrate"),
+        qmp(m, "migrate", {"uri": "foo:bar"}),
+        qmp(m, "query-migrate"),
+        qmp(m, "query-status"),
+        qmp(m, "migrate", {"uri": ""}),
+        qmp(m, "query-migrate"),
+        qmp(m, "migrate", {"uri": "unix:x", "resume": True}),
+        qmp(m, "migrate-continue", {"state": "pre-switchover"}),
+        qmp(m, "migrate-continue", {"state": "bogus"}),
+        qmp(m, "migrate-pause"),
+        qmp(m, "migrate_cancel"),
+        qmp(m, "query-migrate"),
+        qmp(
+            m,
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "events", "state": True}]},
+        ),
+        send(m, request("migrate", {"uri": "foo:bar"}), quiet=QUIET_S),
+        qmp(m, "query-migrate"),
+        send(m, request("migrate", {"uri": "tcp:"}), quiet=QUIET_S),
+        qmp(m, "query-migrate"),
+        qmp(m, "query-status"),
+    ]
+    return steps + quit_(m)
+
+
+SCENARIOS = {
+    "vm_runstate": vm_runstate(),
+    "vm_identity": vm_identity(),
+    "vm_name_options": vm_name_options(),
+    "vm_incoming_defer": vm_incoming_defer(),
+    "vm_migrate_errors": vm_migrate_errors(),
+}
