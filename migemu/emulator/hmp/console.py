@@ -1,0 +1,280 @@
+"""The HMP console: command table, argument parsing, output text (emulator layer).
+
+HMP is a client of the QMP command handlers (through ``Dispatcher.execute``), never a second
+implementation: each command here parses its text arguments the way QEMU 7.2 does, calls the
+QMP command, and prints the result in QEMU's format. ``execute(line)`` returns the text QEMU
+would print, with CRLF line ends (what ``human-monitor-command`` returns and what a readline
+monitor writes). Errors print as ``Error: <desc>``; argument errors as QEMU's monitor does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from migemu.emulator.hmp import info
+from migemu.emulator.hmp.values import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    parse_bool,
+    parse_size,
+    parse_size_param,
+    parse_uint,
+)
+from migemu.qapi.errors import QMPError
+
+if TYPE_CHECKING:
+    from migemu.emulator.machine import Machine
+
+
+class ArgError(Exception):
+    """A command line that does not fit the command's argument spec."""
+
+
+@dataclass(frozen=True)
+class HMPCommand:
+    name: str  # "cont|c": the first alias is the name
+    params: str  # as shown by help
+    args: tuple[tuple[str, str], ...]  # (name, kind): "s" word, "b" on/off, "-d" flag
+    help: str
+    run: Callable[[HMPConsole, dict[str, Any]], str]
+    needs: str | None = None  # the QMP command it stands on; hidden while that is missing
+
+    @property
+    def names(self) -> list[str]:
+        return self.name.split("|")
+
+    def help_line(self, prefix: str = "") -> str:
+        return f"{prefix}{self.name} {self.params} -- {self.help}\n"
+
+
+# migrate_set_parameter: how each parameter's text is read (QEMU 7.2 hmp_migrate_set_parameter).
+_UINT8 = (
+    "compress-level compress-threads decompress-threads throttle-trigger-threshold "
+    "cpu-throttle-initial cpu-throttle-increment max-cpu-throttle multifd-channels "
+    "multifd-zlib-level multifd-zstd-level"
+).split()
+_SIZE = (
+    "announce-initial announce-max announce-rounds announce-step downtime-limit "
+    "xbzrle-cache-size max-postcopy-bandwidth"
+).split()
+_BOOL = "compress-wait-thread cpu-throttle-tailslow block-incremental".split()
+_STR = "tls-creds tls-hostname tls-authz".split()
+
+
+def parse_parameter(name: str, text: str) -> Any:
+    if name in _UINT8:
+        return parse_uint(name, text, 8)
+    if name == "x-checkpoint-delay":
+        return parse_uint(name, text, 32)
+    if name in _SIZE:
+        return parse_size_param(name, text)
+    if name in _BOOL:
+        return parse_bool(name, text)
+    if name in _STR:
+        return text
+    if name == "max-bandwidth":
+        value = parse_size(text, default_shift=20)  # the one size whose unit is MiB
+        if value is None or value >= 1 << 63:
+            raise QMPError(f"Invalid size {text}")
+        return value
+    if name == "multifd-compression":
+        return text  # the QMP enum check gives QEMU's "does not accept value" text
+    if name == "block-bitmap-mapping":
+        raise QMPError("The block-bitmap-mapping parameter can only be set through QMP")
+    raise QMPError(f"invalid parameter value: {name}")
+
+
+def _set_parameter(con: HMPConsole, a: dict[str, Any]) -> str:
+    value = parse_parameter(a["parameter"], a["value"])
+    con.qmp("migrate-set-parameters", {a["parameter"]: value})
+    return ""
+
+
+def _set_capability(con: HMPConsole, a: dict[str, Any]) -> str:
+    name = a["capability"]
+    if name not in {c["capability"] for c in con.qmp("query-migrate-capabilities")}:
+        raise QMPError(f"invalid parameter value: {name}")
+    con.qmp("migrate-set-capabilities", {"capabilities": [{"capability": name, "state": a["state"]}]})
+    return ""
+
+
+def _migrate(con: HMPConsole, a: dict[str, Any]) -> str:
+    con.qmp("migrate", {"uri": a["uri"], "detach": bool(a.get("d"))})
+    return ""
+
+
+def _simple(qmp_name: str, arg: str | None = None) -> Callable[[HMPConsole, dict[str, Any]], str]:
+    def run(con: HMPConsole, a: dict[str, Any]) -> str:
+        con.qmp(qmp_name, {arg: a[arg]} if arg else None)
+        return ""
+
+    return run
+
+
+def _help(con: HMPConsole, a: dict[str, Any]) -> str:
+    return con.help_text(a.get("name"))
+
+
+def _info(con: HMPConsole, a: dict[str, Any]) -> str:
+    raise AssertionError("info is dispatched by HMPConsole.execute")  # pragma: no cover
+
+
+COMMANDS: tuple[HMPCommand, ...] = (
+    HMPCommand("cont|c", "", (), "resume emulation", _simple("cont")),
+    HMPCommand("help|?", "[cmd]", (("name", "S?"),), "show the help", _help),
+    HMPCommand(
+        "info", "[subcommand]", (), "show various information about the system state", _info
+    ),
+    HMPCommand(
+        "migrate",
+        "[-d] [-b] [-i] [-r] uri",
+        (("d", "-d"), ("uri", "s")),
+        "migrate to URI (using -d to not wait for completion)",
+        _migrate,
+        needs="migrate",
+    ),
+    HMPCommand(
+        "migrate_cancel",
+        "",
+        (),
+        "cancel the current VM migration",
+        _simple("migrate_cancel"),
+        needs="migrate_cancel",
+    ),
+    HMPCommand(
+        "migrate_continue",
+        "state",
+        (("state", "s"),),
+        "Continue migration from the given paused state",
+        _simple("migrate-continue", "state"),
+        needs="migrate-continue",
+    ),
+    HMPCommand(
+        "migrate_incoming",
+        "uri",
+        (("uri", "s"),),
+        "Continue an incoming migration from an -incoming defer",
+        _simple("migrate-incoming", "uri"),
+        needs="migrate-incoming",
+    ),
+    HMPCommand(
+        "migrate_set_capability",
+        "capability state",
+        (("capability", "s"), ("state", "b")),
+        "Enable/Disable the usage of a capability for migration",
+        _set_capability,
+    ),
+    HMPCommand(
+        "migrate_set_parameter",
+        "parameter value",
+        (("parameter", "s"), ("value", "s")),
+        "Set the parameter for migration",
+        _set_parameter,
+    ),
+    HMPCommand("quit|q", "", (), "quit the emulator", _simple("quit")),
+    HMPCommand("stop|s", "", (), "stop emulation", _simple("stop")),
+)
+
+
+def parse_args(cmd: HMPCommand, words: list[str], shown_name: str) -> dict[str, Any]:
+    """Fit ``words`` to the command's spec, with QEMU's monitor errors."""
+    out: dict[str, Any] = {}
+    i = 0
+    for name, kind in cmd.args:
+        if kind.startswith("-"):
+            if i < len(words) and words[i] == kind:
+                out[name] = True
+                i += 1
+            continue
+        if i >= len(words):
+            if kind.endswith("?"):
+                continue
+            if kind == "b":
+                raise ArgError("Expected 'on' or 'off'")
+            raise ArgError(f"{shown_name}: string expected")
+        word = words[i]
+        i += 1
+        if kind == "b":
+            if word not in ("on", "off"):
+                raise ArgError("Expected 'on' or 'off'")
+            out[name] = word == "on"
+        else:
+            out[name] = word
+    if i < len(words):
+        raise ArgError(f"{shown_name}: extraneous characters at the end of line")
+    return out
+
+
+class HMPConsole:
+    """One HMP monitor's command interpreter."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+
+    def qmp(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        return self.machine.dispatcher.execute(name, arguments)
+
+    def commands(self) -> list[HMPCommand]:
+        d = self.machine.dispatcher
+        return [c for c in COMMANDS if c.needs is None or d.has(c.needs)]
+
+    def find(self, name: str) -> HMPCommand | None:
+        for cmd in self.commands():
+            if name in cmd.names:
+                return cmd
+        return None
+
+    def help_text(self, name: str | None) -> str:
+        if name is None:
+            return "".join(c.help_line() for c in self.commands())
+        if name == "info":
+            return "".join(s.help_line("info ") for s in info.SUBCOMMANDS)
+        cmd = self.find(name)
+        return cmd.help_line() if cmd else f"unknown command: '{name}'\n"
+
+    def execute(self, line: str) -> str:
+        """Run one command line; returns QEMU's output text with CRLF line ends."""
+        return self._run(line).replace("\n", "\r\n")
+
+    def _run(self, line: str) -> str:
+        words = line.split()
+        if not words:
+            return ""
+        if words[0] == "info":
+            return self._info(words[1:])
+        cmd = self.find(words[0])
+        if cmd is None:
+            return f"unknown command: '{words[0]}'\n"
+        if cmd.names[0] == "help" and len(words) > 1:
+            if words[1] == "info" and len(words) > 2:
+                sub = info.find(words[2])
+                return sub.help_line("info ") if sub else f"unknown command: '{words[2]}'\n"
+            return self.help_text(words[1])
+        try:
+            args = parse_args(cmd, words[1:], cmd.names[0])
+            return cmd.run(self, args)
+        except ArgError as err:
+            return f'{err}\nTry "help {cmd.names[0]}" for more information\n'
+        except QMPError as err:
+            return f"Error: {err.desc}\n"
+
+    def _info(self, words: list[str]) -> str:
+        if not words:
+            return self.help_text("info")
+        sub = info.find(words[0])
+        if sub is None:
+            return f"unknown command: 'info {words[0]}'\n"
+        if len(words) > 1:
+            return (
+                f"{words[0]}: extraneous characters at the end of line\n"
+                f'Try "help info {words[0]}" for more information\n'
+            )
+        try:
+            return sub.run(self)
+        except QMPError as err:
+            return f"Error: {err.desc}\n"
+
+
+__all__ = ["COMMANDS", "FALSE_WORDS", "TRUE_WORDS", "HMPCommand", "HMPConsole"]
