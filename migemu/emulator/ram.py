@@ -1,0 +1,91 @@
+"""Guest RAM: the emulated machine's RAM blocks, memory-mapped (emulator layer).
+
+A block is an ``mmap`` either of a memory-backend-file (``share=on``: MAP_SHARED, so writes
+reach the file, as with QEMU; ``share=off``: MAP_PRIVATE, copy-on-write over the file) or
+anonymous memory with MAP_NORESERVE, so a 64 GiB guest costs nothing until pages are
+touched. Blocks are addressed by their RAMBlock id (``mem0``, ``pc.ram``), as on the wire.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+
+PAGE_SIZE = 4096
+
+
+class RAMError(Exception):
+    """Guest RAM could not be set up; the message is what QEMU would print."""
+
+
+@dataclass
+class RAMBlock:
+    """One RAMBlock: ``name`` is its id string as it appears in the migration stream."""
+
+    name: str
+    size: int
+    mem: mmap.mmap
+    path: str | None = None
+    shared: bool = False
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def pages(self) -> int:
+        return self.size // PAGE_SIZE
+
+    def view(self) -> memoryview:
+        return memoryview(self.mem)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.mem.close()
+
+
+def map_anonymous(name: str, size: int) -> RAMBlock:
+    """Sparse anonymous RAM: untouched pages are never allocated."""
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+    return RAMBlock(name, size, mmap.mmap(-1, size, flags=flags))
+
+
+def map_file(name: str, path: str, size: int, share: bool) -> RAMBlock:
+    """Map ``path`` as a RAM block of ``size`` bytes, creating or growing it as QEMU does."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise RAMError(f"can't open backing store {path} for guest RAM: {err.strerror}") from err
+    try:
+        file_size = os.fstat(fd).st_size
+        if 0 < file_size < size:
+            raise RAMError(
+                f"backing store size 0x{file_size:x} does not match 'size' option 0x{size:x}"
+            )
+        if file_size == 0:
+            os.ftruncate(fd, size)
+        flags = mmap.MAP_SHARED if share else mmap.MAP_PRIVATE
+        mem = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    return RAMBlock(name, size, mem, path=path, shared=share)
+
+
+class GuestRAM:
+    """The machine's RAM blocks, in registration order (the order QEMU migrates them)."""
+
+    def __init__(self, blocks: list[RAMBlock] | None = None) -> None:
+        self.blocks: list[RAMBlock] = list(blocks or [])
+
+    @property
+    def total(self) -> int:
+        return sum(b.size for b in self.blocks)
+
+    def block(self, name: str) -> RAMBlock | None:
+        for b in self.blocks:
+            if b.name == name:
+                return b
+        return None
+
+    def close(self) -> None:
+        for b in self.blocks:
+            b.close()
