@@ -44,8 +44,14 @@ class MonitorSocket:
         self.eof = False
 
     @classmethod
-    def connect(cls, path: str, timeout_s: float = CONNECT_TIMEOUT_S) -> MonitorSocket:
-        """Connect, retrying until the server has created and bound its socket."""
+    def connect(
+        cls,
+        path: str,
+        timeout_s: float = CONNECT_TIMEOUT_S,
+        process: subprocess.Popen[bytes] | None = None,
+    ) -> MonitorSocket:
+        """Connect, retrying until the server has created and bound its socket; give up at
+        once if ``process`` (the server) has exited."""
         deadline = time.monotonic() + timeout_s
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -54,6 +60,10 @@ class MonitorSocket:
                 return cls(sock)
             except (FileNotFoundError, ConnectionRefusedError):
                 sock.close()
+                if process is not None and process.poll() is not None:
+                    raise ConnectionError(
+                        f"server exited with status {process.returncode} before {path} appeared"
+                    ) from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no QMP server on {path} after {timeout_s}s") from None
                 # The server is a separate process: there is nothing to wait on but the path.
@@ -151,7 +161,7 @@ class Recorder:
         path = tr.qmp_socket(self.argvs[mon])
         if path is None:
             raise ValueError(f"{mon}: argv has no -qmp unix: option")
-        self.mons[mon] = MonitorSocket.connect(self.ph.substitute(path))
+        self.mons[mon] = MonitorSocket.connect(self.ph.substitute(path), process=self.procs[mon])
         if greeting:
             self._read(mon, replies=1, events=0, quiet=0.0)
 
