@@ -6,7 +6,7 @@ to their QMP monitors, sends exactly the given bytes (malformed JSON included), 
 whole CRLF lines without reformatting anything, and writes a transcript (see
 ``transcript.py``) with real paths turned back into placeholders.
 
-    python -m migemu.tools.record SCENARIO... --out DIR [--qemu BINARY]
+    python -m migemu.tools.record SCENARIO... --out DIR [--qemu BINARY] [--check]
 
 SCENARIO is a name from ``migemu.tools.scenarios`` (``all`` for every one) or a JSON file
 holding ``{"name": ..., "steps": [...]}``.
@@ -204,7 +204,7 @@ class Recorder:
 
     def op_close(self, mon: str) -> None:
         self.mons.pop(mon).close()
-        self.note(mon, "client closed the QMP socket")
+        self.note(mon, tr.NOTE_CLOSED)
 
     def op_exit(self, mon: str) -> None:
         """Wait for the process to exit by itself and note its status and output."""
@@ -264,15 +264,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenarios", nargs="+", metavar="SCENARIO")
     parser.add_argument("--out", required=True, type=Path, help="directory for NAME.jsonl")
     parser.add_argument("--qemu", default="qemu-system-x86_64", help="binary to record")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="record again and compare with the transcripts in --out instead of writing",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    status = 0
     for spec in args.scenarios:
         for name, steps in load_scenario(spec):
             entries = record(name, steps, args.qemu)
             out = args.out / f"{name}.jsonl"
-            tr.save(out, entries)
-            print(f"{out}: {len(entries)} entries", file=sys.stderr)
-    return 0
+            if not args.check:
+                tr.save(out, entries)
+                print(f"{out}: {len(entries)} entries", file=sys.stderr)
+                continue
+            differences = tr.diff(tr.load(out), entries) if out.exists() else ["(missing)"]
+            print(f"{out}: {'differs' if differences else 'same'}", file=sys.stderr)
+            for line in differences:
+                print(line)
+            status |= bool(differences)
+    return status
 
 
 if __name__ == "__main__":

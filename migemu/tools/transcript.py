@@ -12,6 +12,7 @@ their values but keeps the format and key order.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ DIRECTIONS = (DIR_C2S, DIR_S2C, DIR_EVENT, DIR_NOTE)
 NOTE_STARTED = "qemu started"
 NOTE_EXITED = "qemu exited"
 NOTE_EOF = "EOF on QMP socket"
+NOTE_CLOSED = "client closed the QMP socket"
 
 IMAGE_SIZE_BYTES = 256 * 1024 * 1024
 PLACEHOLDER_RE = re.compile(r"\b(IMAGE_256M|DST_RAM_[A-Za-z0-9_-]+|SOCK_[A-Za-z0-9_-]+)")
@@ -165,10 +167,6 @@ def expected_line(entry: Entry) -> str:
     return mask_timestamps(raw) if entry["dir"] == DIR_EVENT else raw
 
 
-def comparable(raw: str, is_event_entry: bool) -> str:
-    return mask_timestamps(raw) if is_event_entry else raw
-
-
 def describe_mismatch(expected: str, actual: str) -> str:
     """A short explanation pointing at the first differing character."""
     i = next(
@@ -182,3 +180,27 @@ def describe_mismatch(expected: str, actual: str) -> str:
         f"  expected[{i}:]: {expected[i : i + 60]!r}\n"
         f"  actual[{i}:]:   {actual[i : i + 60]!r}"
     )
+
+
+def signature(entry: Entry) -> str:
+    """What must be equal between two recordings of the same scenario: everything but
+    times, pids and event timestamp values, ordered per monitor."""
+    if entry["dir"] == DIR_NOTE:
+        data = entry.get("data")
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "pid"}
+        return f"{entry['mon']} note {entry.get('text')} {json.dumps(data)}"
+    raw = mask_timestamps(entry["raw"]) if entry["dir"] == DIR_EVENT else entry["raw"]
+    return f"{entry['mon']} {entry['dir']} {raw!r}"
+
+
+def diff(expected: list[Entry], actual: list[Entry]) -> list[str]:
+    """Unified diff of two transcripts' signatures, one monitor after another (their
+    interleaving is timing); empty when they agree."""
+    mons = list(dict.fromkeys(e["mon"] for e in [*expected, *actual]))
+    lines: list[str] = []
+    for mon in mons:
+        a = [signature(e) for e in expected if e["mon"] == mon]
+        b = [signature(e) for e in actual if e["mon"] == mon]
+        lines += difflib.unified_diff(a, b, "expected", "actual", lineterm="", n=1)
+    return lines

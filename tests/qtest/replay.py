@@ -88,6 +88,8 @@ class Replay:
                 self.start(mon, entry["data"]["argv"])
             elif text == tr.NOTE_EOF:
                 self.expect_eof(index, mon)
+            elif text == tr.NOTE_CLOSED:
+                self.disconnect(mon)
             elif text == tr.NOTE_EXITED:
                 self.expect_exit(index, mon, entry["data"])
             return
@@ -144,7 +146,14 @@ class Replay:
             raise self.fail(index, mon, "the server did not close the connection") from None
         if line is not None:
             raise self.fail(index, mon, f"expected EOF, got {self.ph.unsubstitute(line)!r}")
-        monitor.close()
+        self.disconnect(mon)
+
+    def disconnect(self, mon: str) -> None:
+        """The client hung up; the next traffic on ``mon`` connects again."""
+        inst = self.instances[mon]
+        if inst.mon is not None:
+            inst.mon.close()
+            inst.mon = None
 
     def expect_exit(self, index: int, mon: str, data: dict[str, object]) -> None:
         inst = self.instances[mon]

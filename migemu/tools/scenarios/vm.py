@@ -8,7 +8,7 @@ migration runs here, so nothing but event timestamps depends on timing.
 
 from __future__ import annotations
 
-from migemu.tools.scenarios.steps import Step, qmp, quit_, request, send, session
+from migemu.tools.scenarios.steps import Step, connect, qmp, quit_, request, send, session
 
 QUIET_S = 0.2
 
@@ -123,10 +123,73 @@ def vm_migrate_errors() -> list[Step]:
     return steps + quit_(m)
 
 
+def vm_reconnect() -> list[Step]:
+    """Negotiation is per connection; the VM state outlives it."""
+    n, m = "vm_reconnect", "src"
+    steps = session(n, m)
+    steps += [
+        qmp(m, "stop", events=1),
+        {"op": "close", "mon": m},
+        connect(m),
+        qmp(m, "query-status"),
+        qmp(m, "qmp_capabilities"),
+        qmp(m, "query-status"),
+        qmp(m, "cont", events=1),
+        {"op": "close", "mon": m},
+        connect(m),
+        qmp(m, "qmp_capabilities", {"enable": ["oob"]}),
+        send(m, '{"exec-oob": "migrate-pause", "id": 1}\n'),
+        {"op": "close", "mon": m},
+        connect(m),
+        qmp(m, "qmp_capabilities"),
+        send(m, '{"exec-oob": "migrate-pause", "id": 2}\n'),
+        qmp(m, "query-status"),
+    ]
+    return steps + quit_(m)
+
+
+def vm_incoming_cmdline() -> list[Step]:
+    """``-incoming URI`` on the command line: the setup event fires before any client."""
+    n, m = "vm_incoming_cmdline", "dst"
+    steps = session(n, m, "-incoming", f"unix:SOCK_{n}-mig", share=True)
+    steps += [
+        qmp(m, "query-status"),
+        qmp(m, "query-migrate"),
+        qmp(m, "migrate-incoming", {"uri": f"unix:SOCK_{n}-other"}),
+        qmp(m, "migrate", {"uri": "foo:bar"}),
+        qmp(m, "query-migrate-capabilities"),
+    ]
+    return steps + quit_(m)
+
+
+def vm_removed_commands() -> list[Step]:
+    """Commands a pre-6.0 client may still try, and quit before negotiation."""
+    n, m = "vm_removed_commands", "src"
+    steps = session(n, m)
+    for command in (
+        "migrate_set_speed",
+        "migrate_set_downtime",
+        "migrate-set-cache-size",
+        "query-migrate-cache-size",
+        "migrate-set-parameters-x",
+        "query_migrate",
+    ):
+        steps.append(qmp(m, command, id=command))
+    steps += [
+        qmp(m, "migrate_cancel"),
+        qmp(m, "query-migrate"),
+        qmp(m, "quit", {"force": True}),
+    ]
+    return steps + quit_(m)
+
+
 SCENARIOS = {
     "vm_runstate": vm_runstate(),
     "vm_identity": vm_identity(),
     "vm_name_options": vm_name_options(),
     "vm_incoming_defer": vm_incoming_defer(),
     "vm_migrate_errors": vm_migrate_errors(),
+    "vm_reconnect": vm_reconnect(),
+    "vm_incoming_cmdline": vm_incoming_cmdline(),
+    "vm_removed_commands": vm_removed_commands(),
 }
