@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import shutil
@@ -9,9 +10,11 @@ import subprocess
 
 import pytest
 
-from migemu.qapi import validate as v
 from migemu.qapi.errors import QMPError
 from migemu.qapi.schema import load_schema
+
+# The package re-exports the function validate(), which shadows the submodule attribute.
+v = importlib.import_module("migemu.qapi.validate")
 
 QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
