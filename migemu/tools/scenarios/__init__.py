@@ -6,7 +6,7 @@ Re-record every transcript with
 
 from __future__ import annotations
 
-from migemu.tools.scenarios import capabilities, parameters, protocol, vm
+from migemu.tools.scenarios import capabilities, hmp, parameters, protocol, vm
 from migemu.tools.scenarios.steps import Step
 
 SCENARIOS: dict[str, list[Step]] = {
@@ -14,6 +14,7 @@ SCENARIOS: dict[str, list[Step]] = {
     **parameters.SCENARIOS,
     **capabilities.SCENARIOS,
     **vm.SCENARIOS,
+    **hmp.SCENARIOS,
 }
 
 __all__ = ["SCENARIOS", "Step"]

@@ -122,7 +122,40 @@ def caps_bad() -> list[Step]:
     return steps + quit_(m)
 
 
+def caps_postcopy_zerocopy() -> list[Step]:
+    """postcopy-ram and zero-copy-send where they do not depend on the host: on a source
+    (the userfaultfd probe runs only on an incoming VM) and with a Debian 12 build."""
+    n, m = "caps_postcopy_zerocopy", "src"
+    steps = session(n, m)
+    steps += [
+        qmp(m, SET, {"capabilities": [cap("postcopy-ram", True), cap("x-ignore-shared", True)]}),
+        qmp(m, SET, {"capabilities": [cap("postcopy-ram", True), cap("postcopy-preempt", True)]}),
+        qmp(m, QUERY),
+        qmp(m, SET, {"capabilities": [cap("x-ignore-shared", True)]}),
+        qmp(m, SET, {"capabilities": [cap("compress", True)]}),
+        qmp(m, SET, {"capabilities": [cap("postcopy-preempt", False), cap("compress", True)]}),
+        qmp(m, SET, {"capabilities": [cap("postcopy-ram", False), cap("postcopy-preempt", True)]}),
+        qmp(m, SET, {"capabilities": [cap("postcopy-ram", False), cap("compress", False)]}),
+        qmp(m, QUERY),
+        qmp(m, SET, {"capabilities": [cap("multifd", True), cap("zero-copy-send", True)]}),
+        qmp(m, QUERY),
+        qmp(m, "migrate-set-parameters", {"multifd-compression": "zstd"}),
+        qmp(m, "migrate-set-parameters", {"multifd-compression": "none"}),
+        qmp(m, "migrate-set-parameters", {"tls-creds": "tls0"}),
+        qmp(m, "migrate-set-parameters", {"tls-creds": None}),
+        qmp(m, SET, {"capabilities": [cap("multifd", False)]}),
+        qmp(m, SET, {"capabilities": [cap("xbzrle", True)]}),
+        qmp(m, SET, {"capabilities": [cap("zero-copy-send", False), cap("xbzrle", True)]}),
+        qmp(m, "migrate-set-parameters", {"multifd-compression": "zlib"}),
+        qmp(m, SET, {"capabilities": [cap("multifd", True), cap("zero-copy-send", True)]}),
+        qmp(m, "query-migrate-parameters"),
+        qmp(m, QUERY),
+    ]
+    return steps + quit_(m)
+
+
 SCENARIOS = {
     "caps_good": caps_good(),
     "caps_bad": caps_bad(),
+    "caps_postcopy_zerocopy": caps_postcopy_zerocopy(),
 }
