@@ -65,7 +65,7 @@ def quote_string(text: str) -> str:
 def format_double(value: float) -> str:
     if math.isnan(value):
         return "-nan" if math.copysign(1.0, value) < 0 else "nan"
-    return "%.17g" % value
+    return f"{value:.17g}"
 
 
 @lru_cache(maxsize=4096)
@@ -145,5 +145,5 @@ def dumps(value: Any) -> str:
 
 
 def encode_message(value: Any) -> bytes:
-    """One QMP message on the wire: the JSON text and CRLF (QEMU's ``\\n`` after its CRLF filter)."""
+    """One QMP message on the wire: the text, then CRLF (QEMU's ``\\n`` through its CRLF filter)."""
     return (dumps(value) + "\r\n").encode("ascii")
