@@ -114,3 +114,54 @@ def test_replay_detects_a_difference() -> None:
         pytest.fail("fixture changed: no query-name reply")
     with pytest.raises(replay_engine.ReplayMismatch, match="vm,two"):
         replay_engine.replay("doctored", entries, _qemu)
+
+
+def test_every_fixture_has_its_scenario() -> None:
+    from migemu.tools.scenarios import SCENARIOS
+
+    assert {p.stem for p in FIXTURES.glob("*.jsonl")} == set(SCENARIOS)
+
+
+def test_placeholders_round_trip(tmp_path: Path) -> None:
+    ph = tr.Placeholders(tmp_path)
+    argv = ["x", "mem-path=IMAGE_256M,share=off", "unix:SOCK_s-src,server=on", "DST_RAM_s-dst"]
+    real = ph.substitute_argv(argv)
+    assert real[1] == f"mem-path={tmp_path}/IMAGE_256M,share=off"
+    assert (tmp_path / "IMAGE_256M").stat().st_size == tr.IMAGE_SIZE_BYTES
+    assert not (tmp_path / "SOCK_s-src").exists()
+    assert [ph.unsubstitute(a) for a in real] == argv
+    assert tr.qmp_socket(["q", "-qmp", "unix:SOCK_s-src,server=on,wait=off"]) == "SOCK_s-src"
+    ph.cleanup()
+    assert not (tmp_path / "IMAGE_256M").exists()
+
+
+def test_monitor_socket_reads_exact_lines() -> None:
+    import socket
+
+    from migemu.tools.record import MonitorSocket
+
+    a, b = socket.socketpair()
+    mon = MonitorSocket(a)
+    b.sendall(b'{"return": {}}\r\n{"ret')
+    assert mon.read_line(1.0) == '{"return": {}}\r\n'
+    with pytest.raises(TimeoutError):
+        mon.read_line(0.01)
+    b.sendall(b'urn": 1}\r\n\xff tail')
+    assert mon.read_line(1.0) == '{"return": 1}\r\n'
+    b.close()
+    assert mon.read_line(1.0) == "\udcff tail"
+    assert mon.read_line(1.0) is None
+    mon.close()
+
+
+def test_diff_ignores_times_pids_and_timestamps() -> None:
+    entries = tr.load(FIXTURES / "vm_runstate.jsonl")
+    shifted = [dict(e, t=e["t"] + 1) for e in entries]
+    for e in shifted:
+        if e["dir"] == tr.DIR_EVENT:
+            e["raw"] = e["raw"].replace('"seconds": 1', '"seconds": 2', 1)
+        if e["dir"] == tr.DIR_NOTE and isinstance(e.get("data"), dict) and "pid" in e["data"]:
+            e["data"] = dict(e["data"], pid=1)
+    assert tr.diff(entries, shifted) == []
+    shifted[-3] = dict(shifted[-3], raw='{"return": 1}\r\n')
+    assert tr.diff(entries, shifted)
