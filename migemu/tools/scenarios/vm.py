@@ -183,6 +183,45 @@ def vm_removed_commands() -> list[Step]:
     return steps + quit_(m)
 
 
+# URIs that fail while the command runs (parsing, fd lookup), so the reply, the events and
+# error-desc are deterministic. Connection and DNS failures are asynchronous: left out.
+SYNC_BAD_URIS = [
+    "fd:x",
+    "fd:",
+    "tcp:",
+    "tcp:127.0.0.1",
+    "tcp:[::1",
+    "tcp::",
+    "unix:",
+    "vsock:1",
+    "unix",
+    "",
+    "exec",
+    "UNIX:x",
+]
+
+
+def vm_bad_uris() -> list[Step]:
+    n, dst, src = "vm_bad_uris", "dst", "src"
+    events_on = {"capabilities": [{"capability": "events", "state": True}]}
+    steps = session(n, dst, "-incoming", "defer", share=True)
+    steps += [qmp(dst, "migrate-incoming", {"uri": uri}) for uri in SYNC_BAD_URIS]
+    steps += [
+        qmp(dst, "query-migrate"),
+        qmp(dst, "migrate-set-capabilities", events_on),
+        qmp(dst, "migrate-incoming", {"uri": "tcp:"}),
+        qmp(dst, "migrate-incoming", {"uri": f"unix:SOCK_{n}-mig"}),
+        qmp(dst, "query-migrate"),
+        *quit_(dst),
+    ]
+    steps += session(n, src)
+    steps.append(qmp(src, "migrate-set-capabilities", events_on))
+    for uri in SYNC_BAD_URIS:
+        steps += [qmp(src, "migrate", {"uri": uri}), qmp(src, "query-migrate")]
+    steps.append(qmp(src, "query-status"))
+    return steps + quit_(src)
+
+
 SCENARIOS = {
     "vm_runstate": vm_runstate(),
     "vm_identity": vm_identity(),
@@ -192,4 +231,5 @@ SCENARIOS = {
     "vm_reconnect": vm_reconnect(),
     "vm_incoming_cmdline": vm_incoming_cmdline(),
     "vm_removed_commands": vm_removed_commands(),
+    "vm_bad_uris": vm_bad_uris(),
 }
