@@ -1,0 +1,210 @@
+"""One multifd channel end to end: ChannelEncoder bytes into ChannelDecoder records."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from migemu.multifd import (
+    MAX_COMPRESSED_PAYLOAD,
+    UNEXPECTED_EOF,
+    ChannelClosed,
+    ChannelDecoder,
+    ChannelEncoder,
+    CodecError,
+    MultiFDInit,
+    PeerBroken,
+    ProtocolError,
+    ReceivedPacket,
+    check_init,
+    encode_header,
+    make_header,
+)
+
+PAGE = 4096
+BLOCKS = {"mem0": 1 << 20}
+
+
+def pages_for(offsets: list[int]) -> list[bytes]:
+    return [random.Random(o).randbytes(64) * 64 for o in offsets]
+
+
+def build_stream(method: str, channel_id: int = 1) -> tuple[bytes, list[tuple]]:
+    """A channel like QEMU 7.2's: setup SYNC, data, SYNC on data, empty flags-0 packets,
+    repeated packet numbers, a final SYNC that is not the last packet."""
+    enc = ChannelEncoder(channel_id, method, level=1)
+    out = [enc.greeting()]
+    plan = [
+        (1, [], True),
+        (3, [0, 4096, 8192], False),
+        (7, list(range(12288, 12288 + 128 * PAGE, PAGE))[:103], True),
+        (7, [], False),
+        (9, [], True),
+        (9, [], False),
+        (12, [4096], False),
+    ]
+    for num, offsets, sync in plan:
+        header, payload = enc.packet(num, "mem0", offsets, pages_for(offsets), sync=sync)
+        out += [header, payload]
+    return b"".join(out), plan
+
+
+def run(decoder: ChannelDecoder, data: bytes, chunks: list[int]) -> list[ReceivedPacket]:
+    packets: list[ReceivedPacket] = []
+    pos = 0
+    sizes = iter(chunks)
+    while pos < len(data):
+        size = next(sizes, 1 << 30)
+        pending = decoder.feed(data[pos : pos + size])
+        pos += size
+        while pending:
+            record = pending.pop(0)
+            if isinstance(record, MultiFDInit):
+                decoder.accept(check_init(record, channels=2))
+            else:
+                packets.append(record)
+                if record.sync:
+                    assert decoder.paused
+                    assert decoder.feed(b"") == []  # nothing parsed while paused
+                    decoder.release()
+            if not pending:
+                pending = decoder.feed(b"")
+    return packets
+
+
+@pytest.mark.parametrize("method", ["none", "zlib", "zstd"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_round_trip_any_chunking(method: str, seed: int) -> None:
+    data, plan = build_stream(method)
+    rng = random.Random(seed)
+    chunks = [rng.choice([1, 3, 64, 1343, 1344, 1345, 5000, 70000]) for _ in range(2000)]
+    decoder = ChannelDecoder(method, BLOCKS)
+    packets = run(decoder, data, chunks)
+    decoder.feed_eof()
+    assert decoder.channel_id == 1
+    assert [(p.packet_num, p.header.offsets, p.sync) for p in packets] == [
+        (num, tuple(offsets), sync) for num, offsets, sync in plan
+    ]
+    for packet, (_, offsets, _) in zip(packets, plan, strict=True):
+        assert packet.data == b"".join(pages_for(offsets))
+
+
+def test_flags_on_the_wire() -> None:
+    data, _ = build_stream("zstd")
+    packets = run(ChannelDecoder("zstd", BLOCKS), data, [])
+    assert [p.header.flags for p in packets] == [0x1, 0x4, 0x5, 0x0, 0x1, 0x0, 0x4]
+
+
+def test_pageless_packet_has_no_payload_whatever_next_packet_size_says() -> None:
+    enc = ChannelEncoder(0, "zstd")
+    stale = dataclasses.replace(make_header(packet_num=8, sync=True), next_packet_size=145787)
+    tail_header, tail_payload = enc.packet(9, "mem0", [0], [bytes(PAGE)])
+    data = enc.greeting() + encode_header(stale) + tail_header + tail_payload
+    packets = run(ChannelDecoder("zstd", BLOCKS), data, [])
+    assert [p.packet_num for p in packets] == [8, 9]
+    assert packets[0].data == b"" and packets[1].data == bytes(PAGE)
+
+
+def test_none_reads_pages_not_next_packet_size() -> None:
+    header = dataclasses.replace(
+        make_header(packet_num=1, ramblock="mem0", offsets=[0, 4096]), next_packet_size=7
+    )
+    data = ChannelEncoder(0).greeting() + encode_header(header) + b"\x01" * (2 * PAGE)
+    packets = run(ChannelDecoder("none", BLOCKS), data, [])
+    assert packets[0].data == b"\x01" * (2 * PAGE)
+
+
+def test_oversized_compressed_payload_is_refused() -> None:
+    header = make_header(
+        packet_num=1,
+        ramblock="mem0",
+        offsets=[0],
+        payload_size=MAX_COMPRESSED_PAYLOAD + 1,
+        method_flag=4,
+    )
+    decoder = ChannelDecoder("zstd", BLOCKS)
+    decoder.feed(ChannelEncoder(0).greeting())
+    decoder.accept(0)
+    with pytest.raises(ProtocolError) as info:
+        decoder.feed(encode_header(header))
+    assert info.value.desc == (
+        "multifd 0: received packet payload of 1048577 bytes, more than 1048576"
+    )
+
+
+def test_wrong_method_is_a_flags_error() -> None:
+    data, _ = build_stream("zlib", channel_id=1)
+    with pytest.raises(ProtocolError) as info:
+        run(ChannelDecoder("zstd", BLOCKS), data, [])
+    assert info.value.desc == "multifd 1: flags received 2 flags expected 4"
+
+
+def test_errors_are_sticky() -> None:
+    data, _ = build_stream("zstd")
+    data = data[: 64 + 1344 + 1344 + 10] + b"\xff" * 40 + data[64 + 2688 + 50 :]
+    decoder = ChannelDecoder("zstd", BLOCKS)
+    with pytest.raises(CodecError) as first:
+        run(decoder, data, [])
+    assert decoder.error is not None
+    with pytest.raises(CodecError) as again:
+        decoder.feed(b"more")
+    assert again.value.desc == first.value.desc
+    with pytest.raises(CodecError):
+        decoder.feed_eof()
+
+
+def test_eof_mid_packet_is_peer_broken() -> None:
+    data, _ = build_stream("none")
+    decoder = ChannelDecoder("none", BLOCKS)
+    run(decoder, data[: 64 + 1344 + 1344 + 100], [])
+    with pytest.raises(PeerBroken) as info:
+        decoder.feed_eof()
+    assert info.value.desc == UNEXPECTED_EOF
+
+
+def test_eof_mid_greeting_is_peer_broken() -> None:
+    decoder = ChannelDecoder("none", BLOCKS)
+    decoder.feed(b"\x11\x22")
+    with pytest.raises(PeerBroken):
+        decoder.feed_eof()
+
+
+def test_eof_at_packet_boundary_is_clean_and_closes() -> None:
+    data, _ = build_stream("zlib")
+    decoder = ChannelDecoder("zlib", BLOCKS)
+    run(decoder, data, [])
+    decoder.feed_eof()
+    with pytest.raises(ChannelClosed):
+        decoder.feed(b"x")
+
+
+def test_close_stops_everything() -> None:
+    decoder = ChannelDecoder("none", BLOCKS)
+    decoder.close()
+    with pytest.raises(ChannelClosed):
+        decoder.feed(ChannelEncoder(0).greeting())
+
+
+def test_accept_only_after_greeting() -> None:
+    decoder = ChannelDecoder("none", BLOCKS)
+    with pytest.raises(RuntimeError):
+        decoder.accept(0)
+    with pytest.raises(ValueError):
+        ChannelDecoder("lz4", BLOCKS)
+
+
+def test_no_pause_mode() -> None:
+    data, plan = build_stream("none")
+    decoder = ChannelDecoder("none", BLOCKS, pause_at_sync=False)
+    records = decoder.feed(data)
+    decoder.accept(1)
+    packets = decoder.feed(b"")
+    assert len(records) == 1 and len(packets) == len(plan)
+
+
+def test_encoder_validates() -> None:
+    enc = ChannelEncoder(0, "none")
+    with pytest.raises(ValueError):
+        enc.packet(0, "mem0", [0, 4096], [bytes(PAGE)])
