@@ -256,10 +256,10 @@ class MainStreamDecoder:
                 break
             version = r.u32()
             if name == "configuration/capabilities" and version == 1:
+                body_start = r.pos
                 count = r.u32()
                 if count > 64:
                     raise ProtocolError("load of migration failed: Invalid argument")
-                body_start = r.pos
                 for _ in range(count):
                     r.str8()
                 body = bytes(r.buf[body_start : r.pos])
