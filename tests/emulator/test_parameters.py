@@ -337,3 +337,34 @@ def test_scenario_matches_real_qemu(name):
     model = Model()
     ours = [{**model.execute(r), "id": i} for i, r in enumerate(requests)]
     assert ours == real
+
+
+def _random_requests(seed: int, count: int) -> list[dict]:
+    """Random migrate-set-parameters calls: right and wrong types, edges, unknown members."""
+    import random
+
+    rng = random.Random(seed)
+    names = list(p.PARAMETER_NAMES[:-1]) + ["bogus", "x-bogus"]
+    values = [
+        0, 1, 2, 5, 9, 10, 20, 21, 99, 100, 101, 255, 256, 1000, 1001, 4096, 65536, 100000,
+        100001, 2000000, 2000001, 2**32, 2**63, 2**64 - 1, -1, -256, 1.0, 0.5, True, False,
+        None, "", "zlib", "zstd", "none", "lz4", "tls0", [], {},
+    ]  # fmt: skip
+    out = []
+    for _ in range(count):
+        k = rng.randint(1, 4)
+        out.append(msp(**{n.replace("-", "_"): rng.choice(values) for n in rng.sample(names, k)}))
+        if rng.random() < 0.1:
+            out.append(QUERY)
+    out.append(QUERY)
+    return out
+
+
+@needs_qemu
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_requests_match_real_qemu(seed):
+    requests = _random_requests(seed, 250)
+    real, _, _ = run_qemu(requests)
+    model = Model()
+    ours = [{**model.execute(r), "id": i} for i, r in enumerate(requests)]
+    assert ours == real
