@@ -224,3 +224,41 @@ def test_destination_multifd_needs_multi_channel_uri():
     ours = [{**model.execute(r), "id": i} for i, r in enumerate(requests)]
     assert ours == run_qemu(requests, ["-incoming", "defer"])
     assert ours[3]["error"]["desc"] == "multifd is not supported by current protocol"
+
+
+def _random_requests(seed: int, count: int) -> list[dict]:
+    """migrate-set-capabilities with random (often malformed) entries."""
+    import random
+
+    rng = random.Random(seed)
+    names = [*c.CAPABILITY_NAMES, "bogus", 7, None]
+    states = [True, False, True, False, 1, "on", None]
+    out: list[dict] = []
+    for _ in range(count):
+        entries: list[object] = []
+        for _ in range(rng.randint(0, 4)):
+            entry: dict[str, object] = {}
+            if rng.random() < 0.95:
+                entry["capability"] = rng.choice(names)
+            if rng.random() < 0.95:
+                entry["state"] = rng.choice(states)
+            if rng.random() < 0.05:
+                entry["extra"] = 1
+            entries.append(entry if rng.random() < 0.97 else rng.choice([1, "x", []]))
+        args: dict[str, object] = {"capabilities": entries}
+        if rng.random() < 0.05:
+            args["junk"] = True
+        out.append({"execute": "migrate-set-capabilities", "arguments": args})
+        if rng.random() < 0.1:
+            out.append(QUERY)
+    out.append(QUERY)
+    return out
+
+
+@needs_qemu
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_requests_match_real_qemu(seed):
+    requests = _random_requests(seed, 300)
+    model = Model()
+    ours = [{**model.execute(r), "id": i} for i, r in enumerate(requests)]
+    assert ours == run_qemu(requests)

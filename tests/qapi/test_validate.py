@@ -9,6 +9,8 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from migemu.qapi.errors import QMPError
 from migemu.qapi.schema import load_schema
@@ -345,3 +347,37 @@ def test_first_unexpected_key_helper():
     assert v.first_unexpected_key(["foo", "bar", "baz"], []) == "baz"
     assert v.first_unexpected_key(["zzz", "aaa"], []) == "zzz"
     assert v.first_unexpected_key(["a", "b"], ["a", "b"]) is None
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    command=st.sampled_from(v.command_names()),
+    arguments=st.dictionaries(
+        st.sampled_from(["capabilities", "capability", "state", "uri", "enable", "cpu-index",
+                         "command-line", "multifd-channels", "tls-creds", "block-bitmap-mapping",
+                         "x"]) | st.text(max_size=6),
+        json_values,
+        max_size=5,
+    ),
+)  # fmt: skip
+def test_any_arguments_give_a_result_or_a_qmp_error(command, arguments):
+    try:
+        result = v.validate(command, arguments)
+    except QMPError as err:
+        assert err.error_class == "GenericError"
+        assert err.desc.startswith(("Parameter '", "Invalid parameter type for '"))
+    else:
+        assert set(result) == set(arguments)
