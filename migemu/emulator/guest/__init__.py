@@ -1,0 +1,1 @@
+"""The emulated guest's memory activity: dirty logging, realistic images, dirtying vCPUs."""
