@@ -75,6 +75,11 @@ class CmdlineError(CmdlineExit):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message, exit_code)
         self.message = message
+        self.warnings: tuple[str, ...] = ()  # what QEMU would have printed before the error
+
+    def stderr_text(self) -> str:
+        """Everything QEMU prints on stderr for this line, warnings first."""
+        return "\n".join((*self.warnings, self.message))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,8 +776,16 @@ def parse_command_line(argv: list[str], prog: str | None = None) -> VMConfig:
             b.disk_images.append(word)
             continue
         loc = _Loc(f"{word} {arg}" if arg is not None else word)
-        spec.handler(b, arg if arg is not None else "", loc)
-    return _finish(b)
+        try:
+            spec.handler(b, arg if arg is not None else "", loc)
+        except CmdlineError as err:
+            err.warnings = tuple(b.warnings)
+            raise
+    try:
+        return _finish(b)
+    except CmdlineError as err:
+        err.warnings = tuple(b.warnings)
+        raise
 
 
 def _finish(b: _Builder) -> VMConfig:

@@ -53,6 +53,8 @@ def split_opts(text: str, implied_key: str | None, keyval: bool = False) -> list
     elements = _split_escaped(text)
     if text == "":
         return pairs
+    if keyval and elements[0] == "" and len(elements) > 1:
+        raise OptsSyntaxError("Invalid parameter ''")
     for index, element in enumerate(elements):
         key, eq, value = element.partition("=")
         if eq:
