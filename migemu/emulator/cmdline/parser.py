@@ -250,12 +250,14 @@ class _Builder:
         where = f"{loc.text}: " if loc is not None else ""
         self.warnings.append(f"{self.prog}: {where}{message}")
 
-    def split(self, text: str, loc: _Loc, implied: str | None, keyval: bool = False) -> list:
+    def split(
+        self, text: str, loc: _Loc, implied: str | None, keyval: bool = False, warn: bool = True
+    ) -> list[OptPair]:
         try:
             pairs = split_opts(text, implied, keyval)
         except OptsSyntaxError as err:
             raise self.fail(str(err), loc) from err
-        for message in short_form_warnings(pairs):
+        for message in short_form_warnings(pairs) if warn else ():
             self.warn(message, loc)
         return pairs
 
@@ -453,7 +455,7 @@ def _legacy_chardev(b: _Builder, spec: str, chardev_id: str, loc: _Loc) -> Chard
             if scheme == "telnet":
                 values["telnet"] = "on"
         if comma:
-            pairs = b.split(rest, loc, None)
+            pairs = b.split(rest, loc, None, warn=False)  # QEMU 7.2 is silent here
             try:
                 b.check_keys(pairs, _CHARDEV_KEYS, loc)
                 for key, value in last_values(pairs).items():
