@@ -96,7 +96,9 @@ def _set_capability(con: HMPConsole, a: dict[str, Any]) -> str:
     name = a["capability"]
     if name not in {c["capability"] for c in con.qmp("query-migrate-capabilities")}:
         raise QMPError(f"invalid parameter value: {name}")
-    con.qmp("migrate-set-capabilities", {"capabilities": [{"capability": name, "state": a["state"]}]})
+    con.qmp(
+        "migrate-set-capabilities", {"capabilities": [{"capability": name, "state": a["state"]}]}
+    )
     return ""
 
 

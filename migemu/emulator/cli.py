@@ -1,0 +1,168 @@
+"""The ``migemu`` command: a ``qemu-system-x86_64``-style command line -> a running machine.
+
+Parses the command line (``cmdline``), maps guest RAM, builds the ``Machine`` and serves its
+monitors until it shuts down (``runtime``). Errors are printed the way QEMU prints them
+(``<prog>: <message>`` on stderr, exit status 1). ``-daemonize`` forks once the listeners
+exist, as QEMU does, so that a parent that waits for the command sees sockets ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from migemu.emulator.cmdline import CmdlineError, CmdlineExit, VMConfig, parse_command_line
+from migemu.emulator.machine import Machine, MachineOptions
+from migemu.emulator.migration.settings import SettingsError
+from migemu.emulator.qmp.server import SocketSpec
+from migemu.emulator.ram import GuestRAM, RAMBlock, RAMError, map_anonymous, map_file
+from migemu.emulator.runtime import serve
+
+DEFAULT_RAM_MIB = {"none": 0}  # other machine types: 128 MiB, QEMU's default
+PC_RAM_NAME = "pc.ram"
+
+
+class StartupError(Exception):
+    """The configuration cannot be brought up; the message is printed after ``<prog>: ``."""
+
+
+def build_ram(config: VMConfig) -> GuestRAM:
+    """Guest RAM as QEMU lays it out: the memory backend, or ``ram``/``pc.ram`` from -m."""
+    machine = config.machine
+    if machine.memory_backend is not None:
+        backend = next(b for b in config.memory_backends if b.id == machine.memory_backend)
+        if backend.qom_type == "memory-backend-file":
+            assert backend.mem_path is not None
+            block = map_file(backend.id, backend.mem_path, backend.size, backend.share)
+        else:
+            block = map_anonymous(backend.id, backend.size)
+        return GuestRAM([block])
+    size = config.memory.size
+    if size is None:
+        size = DEFAULT_RAM_MIB.get(machine.type, 128) << 20
+    if size == 0:
+        return GuestRAM()
+    name = "ram" if machine.type == "none" else PC_RAM_NAME
+    blocks: list[RAMBlock] = [map_anonymous(name, size)]
+    return GuestRAM(blocks)
+
+
+def monitor_specs(config: VMConfig) -> list[SocketSpec]:
+    """The QMP monitors' sockets, in command-line order."""
+    chardevs = {c.id: c for c in config.chardevs}
+    specs = []
+    for mon in config.monitors:
+        chardev = chardevs[mon.chardev]
+        if mon.mode != "control":
+            raise StartupError(
+                f"-mon chardev={mon.chardev},mode={mon.mode}: HMP monitors on a chardev are "
+                "not supported yet; use human-monitor-command over QMP"
+            )
+        if chardev.backend != "socket":
+            raise StartupError(
+                f"-chardev {chardev.backend},id={chardev.id}: QMP over a '{chardev.backend}' "
+                "chardev is not supported; use a unix or tcp socket"
+            )
+        port = int(chardev.port) if chardev.port is not None else None
+        specs.append(
+            SocketSpec(
+                path=chardev.path,
+                host=chardev.host,
+                port=port,
+                server=chardev.server,
+                wait=chardev.server and chardev.wait,
+            )
+        )
+    return specs
+
+
+def machine_options(config: VMConfig) -> MachineOptions:
+    options = MachineOptions(
+        machine_type=config.machine.type,
+        name=config.name,
+        start_paused=config.start_paused,
+        incoming=config.incoming.uri if config.incoming is not None else None,
+        globals=[(g.driver, g.property, g.value) for g in config.globals],
+    )
+    if config.uuid is not None:
+        options.uuid = config.uuid
+    return options
+
+
+def daemonize() -> Callable[[], None]:
+    """Fork; the parent exits 0 once the child calls the returned function (or 1 if it dies)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_fd)
+        ok = os.read(read_fd, 1) == b"\0"
+        os._exit(0 if ok else 1)
+    os.close(read_fd)
+    os.setsid()
+
+    def ready() -> None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        os.write(write_fd, b"\0")
+        os.close(write_fd)
+
+    return ready
+
+
+def run(config: VMConfig) -> int:
+    prog = config.prog_name
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
+    notify_parent = daemonize() if config.daemonize else None
+    try:
+        specs = monitor_specs(config)
+        ram = build_ram(config)
+    except (StartupError, RAMError) as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 1
+    try:
+        machine = Machine(machine_options(config), ram)
+    except SettingsError as err:
+        ram.close()
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 1
+    pidfile = config.pidfile
+
+    def ready() -> None:
+        if pidfile is not None:
+            with open(pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        if notify_parent is not None:
+            notify_parent()
+
+    try:
+        return asyncio.run(serve(machine, specs, ready))
+    except OSError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if pidfile is not None and os.path.exists(pidfile):
+            os.unlink(pidfile)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        config = parse_command_line(args)
+    except CmdlineError as err:
+        print(err.stderr_text(), file=sys.stderr)
+        return err.exit_code
+    except CmdlineExit as err:
+        print(err.text, end="" if err.text.endswith("\n") else "\n")
+        return err.exit_code
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

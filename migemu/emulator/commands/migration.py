@@ -1,0 +1,21 @@
+"""Migration commands: capabilities, parameters and query-migrate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from migemu.emulator.machine import Machine
+
+
+def register(machine: Machine) -> None:
+    d = machine.dispatcher
+    settings = machine.migration
+
+    d.register("query-migrate-capabilities", lambda args: settings.query_capabilities())
+    d.register(
+        "migrate-set-capabilities", lambda args: settings.set_capabilities(args["capabilities"])
+    )
+    d.register("query-migrate-parameters", lambda args: settings.query_parameters())
+    d.register("migrate-set-parameters", lambda args: settings.set_parameters(args))
+    d.register("query-migrate", lambda args: machine.query_migrate())

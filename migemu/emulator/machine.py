@@ -1,0 +1,83 @@
+"""The emulated machine: everything one ``migemu`` process is, wired together (emulator layer).
+
+A ``Machine`` owns the event bus, the VM run state, guest RAM, the migration settings and the
+command dispatcher, and registers the command handlers. Servers (QMP, HMP, dashboard) only
+talk to it through ``dispatcher`` and ``events``. Shutdown is a request: whoever runs the
+event loop installs ``on_shutdown`` and ends the process after the current reply is sent.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from migemu import __version__
+from migemu.emulator.dispatch import Dispatcher
+from migemu.emulator.events import EventBus
+from migemu.emulator.ram import GuestRAM
+from migemu.emulator.runstate import RunState
+from migemu.emulator.vm import VM
+
+QEMU_VERSION = (7, 2, 22)
+PACKAGE = f"migemu {__version__}"
+
+
+def version_info() -> dict[str, Any]:
+    """query-version's value, members in schema order (qemu{major,minor,micro}, package)."""
+    major, minor, micro = QEMU_VERSION
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
+
+
+@dataclass
+class MachineOptions:
+    """What the command line decided about the machine."""
+
+    machine_type: str = "none"
+    name: str | None = None
+    uuid: str = "00000000-0000-0000-0000-000000000000"
+    start_paused: bool = False
+    incoming: str | None = None
+    globals: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class Machine:
+    """One emulated QEMU."""
+
+    def __init__(self, options: MachineOptions, ram: GuestRAM | None = None) -> None:
+        from migemu.emulator.commands import register_all  # commands import Machine's types
+        from migemu.emulator.migration.settings import MigrationSettings
+
+        self.options = options
+        self.uuid = str(uuidlib.UUID(options.uuid))
+        self.events = EventBus()
+        self.ram = ram if ram is not None else GuestRAM()
+        self.vm = VM(
+            self.events, start_paused=options.start_paused, incoming=options.incoming is not None
+        )
+        self.migration = MigrationSettings.from_globals(options.globals)
+        self.migration.incoming = lambda: self.vm.state is RunState.INMIGRATE
+        self.dispatcher = Dispatcher()
+        self.shutdown_reason: str | None = None
+        self.on_shutdown: Callable[[str], None] | None = None
+        register_all(self)
+
+    def request_shutdown(self, reason: str, *, guest: bool = False) -> None:
+        """QEMU's shutdown request: SHUTDOWN event now, process exit once the loop gets to it."""
+        if self.shutdown_reason is not None:
+            return
+        self.shutdown_reason = reason
+        self.events.emit("SHUTDOWN", {"guest": guest, "reason": reason})
+        if self.on_shutdown is not None:
+            self.on_shutdown(reason)
+
+    def query_migrate(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def runstate(self) -> RunState:
+        return self.vm.state
+
+    def close(self) -> None:
+        self.ram.close()

@@ -1,0 +1,190 @@
+"""asyncio adapter for QMP monitors: unix/TCP listeners and client-mode chardevs (emulator layer).
+
+Like a QEMU socket chardev, one endpoint serves one client at a time: a second client is
+accepted by the kernel but gets its greeting only when the first one leaves, and every new
+client starts a fresh session (greeting, negotiation). Bytes go to the sans-IO reader and
+session; responses and events go out through ``encode_message`` (QEMU's formatting, CRLF).
+Events may be emitted from any thread; they hop onto the loop before touching a transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from migemu.emulator.events import Event, EventBus
+from migemu.emulator.qmp.session import QMPSession
+from migemu.qapi.qjson import JSONStreamParser, encode_message
+
+log = logging.getLogger(__name__)
+
+SessionFactory = Callable[[], QMPSession]
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """Where a monitor lives: a unix path or a TCP host/port, listening or connecting."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+    server: bool = True
+    wait: bool = False
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"tcp:{self.host}:{self.port}"
+
+
+class QMPConnection(asyncio.Protocol):
+    """One client connection; it becomes active (greeted) when its endpoint says so."""
+
+    def __init__(self, endpoint: MonitorEndpoint) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.session: QMPSession | None = None
+        self.parser = JSONStreamParser()
+        self._backlog: list[bytes] = []
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.endpoint.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is None:
+            self._backlog.append(data)  # not served yet: QEMU would not read it yet either
+            return
+        self._feed(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.endpoint.disconnected(self)
+        self.session = None
+        self.transport = None
+
+    # endpoint side
+    def activate(self, session: QMPSession) -> None:
+        self.session = session
+        self._send(session.greeting())
+        backlog, self._backlog = self._backlog, []
+        for data in backlog:
+            self._feed(data)
+
+    def deliver_event(self, event: Event) -> None:
+        if self.session is not None and self.session.negotiated:
+            self._send(event)
+
+    def _feed(self, data: bytes) -> None:
+        for item in self.parser.feed(data):
+            session = self.session
+            if session is None or self.transport is None or self.transport.is_closing():
+                return
+            response = session.handle(item)
+            if response is not None:
+                self._send(response)
+
+    def _send(self, obj: object) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_message(obj))
+
+
+class MonitorEndpoint:
+    """One QMP chardev: serves its connections one at a time, in arrival order."""
+
+    def __init__(
+        self,
+        spec: SocketSpec,
+        session_factory: SessionFactory,
+        events: EventBus,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.spec = spec
+        self.session_factory = session_factory
+        self.events = events
+        self.loop = loop
+        self.active: QMPConnection | None = None
+        self.pending: list[QMPConnection] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.first_client = asyncio.Event()
+        self._loop_thread = threading.get_ident()
+        events.subscribe(self._on_event)
+
+    async def start(self) -> None:
+        spec = self.spec
+        if spec.server:
+            if spec.path is not None:
+                if os.path.exists(spec.path):
+                    os.unlink(spec.path)  # as QEMU does before binding a unix listener
+                self.server = await self.loop.create_unix_server(
+                    lambda: QMPConnection(self), spec.path
+                )
+                os.chmod(spec.path, 0o600)
+            else:
+                self.server = await self.loop.create_server(
+                    lambda: QMPConnection(self), spec.host or "127.0.0.1", spec.port
+                )
+            if spec.wait:
+                await self.first_client.wait()
+        elif spec.path is not None:
+            await self.loop.create_unix_connection(lambda: QMPConnection(self), spec.path)
+        else:
+            await self.loop.create_connection(lambda: QMPConnection(self), spec.host, spec.port)
+
+    def bound_port(self) -> int | None:
+        if self.server is None or not self.server.sockets:
+            return None
+        name = self.server.sockets[0].getsockname()
+        return name[1] if isinstance(name, tuple) else None
+
+    def connected(self, conn: QMPConnection) -> None:
+        self.first_client.set()
+        if self.active is None:
+            self.active = conn
+            conn.activate(self.session_factory())
+        else:
+            self.pending.append(conn)
+
+    def disconnected(self, conn: QMPConnection) -> None:
+        if conn in self.pending:
+            self.pending.remove(conn)
+            return
+        if conn is self.active:
+            self.active = None
+            while self.pending and self.active is None:
+                nxt = self.pending.pop(0)
+                if nxt.transport is not None and not nxt.transport.is_closing():
+                    self.active = nxt
+                    nxt.activate(self.session_factory())
+
+    def _on_event(self, event: Event) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._deliver(event)
+        else:
+            self.loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: Event) -> None:
+        if self.active is not None:
+            self.active.deliver_event(event)
+
+    async def close(self) -> None:
+        self.events.unsubscribe(self._on_event)
+        for conn in [self.active, *self.pending]:
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            if self.spec.path is not None and self.spec.server:
+                try:
+                    os.unlink(self.spec.path)
+                except FileNotFoundError:
+                    pass

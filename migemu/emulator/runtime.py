@@ -1,0 +1,57 @@
+"""The process around one machine: event loop, monitors, signals, exit (emulator layer).
+
+``serve`` runs a ``Machine`` until it shuts down: it starts every monitor endpoint, turns
+SIGTERM/SIGINT/SIGHUP into QEMU's ``SHUTDOWN`` (reason ``host-signal``) and a clean exit with
+status 0, and lets the reply to ``quit`` go out before the sockets close. It returns the exit
+status the process should have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+
+from migemu.emulator.machine import Machine, version_info
+from migemu.emulator.qmp.server import MonitorEndpoint, SocketSpec
+from migemu.emulator.qmp.session import QMPSession
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+async def serve(
+    machine: Machine,
+    qmp_specs: Sequence[SocketSpec],
+    ready: Callable[[], None] | None = None,
+) -> int:
+    """Serve until shutdown; ``ready`` runs once every listener exists."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    exit_status = 0
+
+    def on_shutdown(reason: str) -> None:
+        loop.call_soon_threadsafe(done.set)
+
+    machine.on_shutdown = on_shutdown
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, machine.request_shutdown, "host-signal")
+
+    def new_session() -> QMPSession:
+        return QMPSession(machine.dispatcher, version_info())
+
+    endpoints = [MonitorEndpoint(spec, new_session, machine.events, loop) for spec in qmp_specs]
+    try:
+        for endpoint in endpoints:
+            await endpoint.start()
+        if ready is not None:
+            ready()
+        await done.wait()
+        # Let replies written by the handler that asked for shutdown reach the socket buffer.
+        await asyncio.sleep(0)
+    finally:
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+        for endpoint in endpoints:
+            await endpoint.close()
+        machine.close()
+    return exit_status
