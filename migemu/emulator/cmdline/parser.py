@@ -306,9 +306,14 @@ def _opt_enable_kvm(b: _Builder, arg: str, loc: _Loc) -> None:
     b.enable_kvm = True
 
 
+def _hex_suffix_warning(b: _Builder, value: str, loc: _Loc | None) -> None:
+    b.warn(f"warning: Using a multiplier suffix on hex numbers is deprecated: {value}", loc)
+
+
 def _qemuopts_size(b: _Builder, name: str, value: str, loc: _Loc) -> None:
     try:
-        parse_size(value)
+        if parse_size(value)[1]:
+            _hex_suffix_warning(b, value, loc)
     except SizeError as err:
         if err.out_of_range:
             raise b.fail(f"Value '{value}' is out of range for parameter '{name}'", loc) from err
@@ -339,7 +344,8 @@ def _backend_prop(b: _Builder, qom_type: str, name: str, kind: str, value: str, 
         b.bool_value(name, value, loc)
     elif kind == "size":
         try:
-            parse_size(value)
+            if parse_size(value)[1]:
+                _hex_suffix_warning(b, value, loc)
         except SizeError as err:
             raise b.fail(f"Parameter '{name}' expects a size value", loc) from err
     elif kind == "uint":
@@ -878,7 +884,7 @@ def _check_memory(b: _Builder) -> MemoryConfig:
         except SizeError as err:
             raise b.fail("Parameter 'memory.size' expects size") from err
         if hex_suffix:
-            b.warn(f"warning: Using a multiplier suffix on hex numbers is deprecated: {text}")
+            _hex_suffix_warning(b, text, None)
         size = -(-size // RAM_ALIGN) * RAM_ALIGN if size else None
         if size is not None and size > UINT64_MAX:
             raise b.fail("Parameter 'memory.size' expects size")
