@@ -274,13 +274,17 @@ GLOBAL_ERRORS = [
     ("x-cpu-throttle-tailslow", "ON", "Parameter 'x-cpu-throttle-tailslow' expects 'on' or 'off'"),
     ("downtime-limit", "1", "Property 'migration.downtime-limit' not found"),
     ("max-bandwidth", "1k", "Property 'migration.max-bandwidth' not found"),
+    ("foo", "1", "Property 'migration.foo' not found"),
+    ("multifd", "on", "Property 'migration.multifd' not found"),
+    ("store-global-state", "maybe", "Parameter 'store-global-state' expects 'on' or 'off'"),
+    ("x-clear-bitmap-shift", "256", "Parameter 'x-clear-bitmap-shift' expects uint8_t"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("prop", "text", "inner"), GLOBAL_ERRORS)
 def test_global_errors(prop, text, inner):
     with pytest.raises(QMPError) as err:
-        p.set_global(p.default_parameters(), prop, text)
+        caps_mod.apply_global(p.default_parameters(), caps_mod.default_capabilities(), prop, text)
     assert err.value.desc == f"can't apply global migration.{prop}={text}: {inner}"
 
 
@@ -288,11 +292,7 @@ def _our_startup(globals_: list[tuple[str, str]]) -> tuple[str | None, dict]:
     params, caps = p.default_parameters(), caps_mod.default_capabilities()
     try:
         for prop, text in globals_:
-            known = p.MIGRATION_PROPERTIES.get(prop)
-            if known is not None and known.kind == "capability":
-                caps = caps_mod.set_global(caps, prop, text)
-            else:
-                params = p.set_global(params, prop, text)
+            params, caps = caps_mod.apply_global(params, caps, prop, text)
         p.check_parameters(params)
         caps_mod.check_capabilities(caps_mod.default_capabilities(), caps, parameters=params)
     except QMPError as err:
@@ -309,6 +309,9 @@ STARTUP_CASES = [
     [("x-multifd", "on"), ("x-compress", "on")],
     [("x-zero-copy-send", "on")],
     [("x-multifd", "on"), ("x-zero-copy-send", "on"), ("multifd-compression", "zlib")],
+    [("x-multifd", "on"), ("x-events", "yes"), ("store-global-state", "off")],
+    [("x-background-snapshot", "on"), ("x-block", "on"), ("x-return-path", "on")],
+    [("x-postcopy-preempt", "on")],
     *[[(prop, text)] for prop, text, _ in GLOBAL_ERRORS],
 ]
 

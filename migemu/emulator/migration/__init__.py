@@ -7,6 +7,7 @@ checks, messages and quirks, with no IO.
 from migemu.emulator.migration.capabilities import (
     CAPABILITY_NAMES,
     HostSupport,
+    apply_global,
     check_capabilities,
     default_capabilities,
     query_capabilities,
@@ -29,6 +30,7 @@ __all__ = [
     "MIGRATION_PROPERTIES",
     "PARAMETER_NAMES",
     "HostSupport",
+    "apply_global",
     "check_capabilities",
     "check_parameters",
     "default_capabilities",

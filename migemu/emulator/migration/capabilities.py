@@ -15,7 +15,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from migemu.emulator.migration.parameters import MIGRATION_PROPERTIES, parse_global_value
+from migemu.emulator.migration.parameters import (
+    MIGRATION_PROPERTIES,
+    parse_global_value,
+)
+from migemu.emulator.migration.parameters import set_global as set_global_parameter
 from migemu.qapi.errors import QMPError
 
 CAPABILITY_NAMES: tuple[str, ...] = (
@@ -200,3 +204,25 @@ def set_global(current: Mapping[str, bool], prop: str, text: str) -> dict[str, b
     except QMPError as err:
         raise QMPError(f"can't apply global migration.{prop}={text}: {err.desc}") from err
     return {**current, p.target: bool(value)}
+
+
+def apply_global(
+    params: Mapping[str, Any], caps: Mapping[str, bool], prop: str, text: str
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    """Route one ``-global migration.<prop>=<text>`` to the parameters or the capabilities.
+
+    Errors carry QEMU's full text, ``can't apply global migration.P=V: ...`` (an unknown
+    property included). MigrationState properties (``store-global-state``, ...) are parsed
+    and checked but change neither set. After all globals, QEMU checks the result with
+    ``check_parameters`` then ``check_capabilities(default_capabilities(), caps, ...)``.
+    """
+    p = MIGRATION_PROPERTIES.get(prop)
+    if p is not None and p.kind == "capability":
+        return dict(params), set_global(caps, prop, text)
+    if p is not None and p.kind == "state":
+        try:
+            parse_global_value(p, text)
+        except QMPError as err:
+            raise QMPError(f"can't apply global migration.{prop}={text}: {err.desc}") from err
+        return dict(params), dict(caps)
+    return set_global_parameter(params, prop, text), dict(caps)
