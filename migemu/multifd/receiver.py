@@ -98,6 +98,20 @@ class ChannelDecoder:
     def error(self) -> MultiFDError | None:
         return self._error
 
+    def needed(self) -> int:
+        """Bytes still missing before the next record can complete (0 while paused or
+        waiting for ``accept``). Never more than 1344 + 1 MiB: a socket layer can read
+        exactly this much, and a hostile peer cannot make the decoder wait for more."""
+        buffered = len(self._buf) - self._pos
+        if self._state is _State.GREETING:
+            return max(0, INIT_SIZE - buffered)
+        if self._state is _State.HEADER:
+            return max(0, PACKET_HEADER_WIRE_SIZE - buffered)
+        if self._state is _State.PAYLOAD:
+            assert self._header is not None
+            return max(0, self._payload_size(self._header) - buffered)
+        return 0
+
     def accept(self, channel_id: int) -> None:
         """The greeting was accepted as channel ``channel_id``: start reading packets."""
         self._raise_if_failed()
