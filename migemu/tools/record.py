@@ -161,9 +161,20 @@ class Recorder:
         path = tr.qmp_socket(self.argvs[mon])
         if path is None:
             raise ValueError(f"{mon}: argv has no -qmp unix: option")
-        self.mons[mon] = MonitorSocket.connect(self.ph.substitute(path), process=self.procs[mon])
-        if greeting:
-            self._read(mon, replies=1, events=0, quiet=0.0)
+        sock = MonitorSocket.connect(self.ph.substitute(path), process=self.procs[mon])
+        self.mons[mon] = sock
+        if not greeting:
+            return
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while True:
+            line = sock.read_line(deadline - time.monotonic())
+            if line is None:
+                raise EOFError(f"{mon}: EOF before the greeting")
+            raw = self.ph.unsubstitute(line)
+            if tr.is_greeting(raw) or not tr.is_event(raw):
+                self._received(mon, line)
+                return
+            self.note(mon, tr.NOTE_EARLY_EVENT, {"raw": raw})
 
     def op_send(
         self, mon: str, raw: str, replies: int = 1, events: int = 0, quiet: float = 0.0

@@ -33,6 +33,10 @@ NOTE_STARTED = "qemu started"
 NOTE_EXITED = "qemu exited"
 NOTE_EOF = "EOF on QMP socket"
 NOTE_CLOSED = "client closed the QMP socket"
+# QEMU 7.2 race: a client that connects while QEMU is still starting can receive events
+# emitted during start-up (RESUME, MIGRATION setup) *before* the greeting. They are kept
+# as this note, not as traffic: no client can rely on them.
+NOTE_EARLY_EVENT = "event before the greeting (start-up race)"
 
 IMAGE_SIZE_BYTES = 256 * 1024 * 1024
 PLACEHOLDER_RE = re.compile(r"\b(IMAGE_256M|DST_RAM_[A-Za-z0-9_-]+|SOCK_[A-Za-z0-9_-]+)")
@@ -81,6 +85,10 @@ def parse_msg(raw: str) -> Any:
 def is_event(raw: str) -> bool:
     msg = parse_msg(raw)
     return isinstance(msg, dict) and "event" in msg and "timestamp" in msg
+
+
+def is_greeting(raw: str) -> bool:
+    return raw.startswith('{"QMP": ')
 
 
 def traffic(entries: Iterable[Entry], mon: str | None = None) -> Iterator[Entry]:

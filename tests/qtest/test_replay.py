@@ -21,7 +21,7 @@ except ImportError:  # tests/qtest is not a package: pytest put its directory on
     import replay as replay_engine  # type: ignore[no-redef]
 
 # The one switch the lead flips when migemu's QMP server lands: set to None.
-MIGEMU_XFAIL_REASON: str | None = "QMP server not yet landed"
+MIGEMU_XFAIL_REASON: str | None = None
 
 QEMU = shutil.which("qemu-system-x86_64")
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "transcripts"
@@ -165,3 +165,66 @@ def test_diff_ignores_times_pids_and_timestamps() -> None:
     assert tr.diff(entries, shifted) == []
     shifted[-3] = dict(shifted[-3], raw='{"return": 1}\r\n')
     assert tr.diff(entries, shifted)
+
+
+# A stand-in server that plays one monitor's side of a transcript back, to test the replay
+# engine itself without QEMU: argv is [transcript, mode, *qemu argv]; mode "exact", "early"
+# (an event before each greeting, QEMU's start-up race) or "drop" (omit the last reply).
+FAKE_SERVER = r"""
+import json, os, re, socket, sys
+transcript, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+path = re.match(r"unix:([^,]+)", argv[argv.index("-qmp") + 1]).group(1)
+entries = [json.loads(line) for line in open(transcript)]
+starts = [e for e in entries if e.get("text") == "qemu started"]
+mon = next(e["mon"] for e in starts if os.path.basename(path) in " ".join(e["data"]["argv"]))
+mine = [e for e in entries if e["mon"] == mon]
+replies = [i for i, e in enumerate(mine) if e["dir"] == "s2c"]
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(1)
+conn = None
+status = 0
+for i, e in enumerate(mine):
+    if e["dir"] == "note":
+        if e.get("text") == "client closed the QMP socket":
+            while conn.recv(4096):
+                pass
+            conn.close()
+            conn = None
+        elif e.get("text") == "EOF on QMP socket":
+            conn.close()
+        elif e.get("text") == "qemu exited":
+            status = e["data"]["returncode"]
+        continue
+    if conn is None:
+        conn, _ = server.accept()
+        if mode == "early":
+            conn.sendall(b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}\r\n')
+    data = e["raw"].encode("utf-8", "surrogateescape")
+    if e["dir"] == "c2s":
+        got = b""
+        while len(got) < len(data):
+            got += conn.recv(len(data) - len(got))
+    elif not (mode == "drop" and i == replies[-1]):
+        conn.sendall(data)
+sys.exit(status)
+"""
+
+
+def _fake(transcript: Path, mode: str) -> replay_engine.Command:
+    def command(argv: list[str]) -> list[str]:
+        return [sys.executable, "-c", FAKE_SERVER, str(transcript), mode, *argv]
+
+    return command
+
+
+@pytest.mark.parametrize("mode", ["exact", "early"])
+def test_replay_engine_against_fake_server(mode: str) -> None:
+    path = FIXTURES / "vm_reconnect.jsonl"
+    replay_engine.replay(path.stem, tr.load(path), _fake(path, mode))
+
+
+def test_replay_engine_reports_a_missing_reply() -> None:
+    path = FIXTURES / "vm_reconnect.jsonl"
+    with pytest.raises(replay_engine.ReplayMismatch, match="EOF; expected"):
+        replay_engine.replay(path.stem, tr.load(path), _fake(path, "drop"))
