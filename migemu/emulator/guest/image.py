@@ -370,11 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import hashlib
 
+    def mix_arg(text: str) -> ImageMix:
+        try:
+            return ImageMix.parse(text)
+        except ImageMixError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
     ap = argparse.ArgumentParser(description="Write a deterministic realistic guest RAM image.")
     ap.add_argument("out")
     ap.add_argument("size_mib", type=int)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--mix", default=str(DEFAULT_MIX), type=ImageMix.parse)
+    ap.add_argument("--mix", default=str(DEFAULT_MIX), type=mix_arg)
     a = ap.parse_args(argv)
     stats = write_image(a.out, a.size_mib << 20, a.seed, a.mix)
     with open(a.out, "rb") as f:
