@@ -199,9 +199,36 @@ def qmp_json_errors() -> list[Step]:
     return steps + quit_(m)
 
 
+def qmp_framing() -> list[Step]:
+    """How bytes become requests: pipelined lines, split writes, no newline, CRLF, odd bytes."""
+    n, m = "qmp_framing", "src"
+    steps = session(n, m)
+    pipelined = "".join(
+        f'{{"execute": "query-status", "id": {i}}}\n' if i % 2 else f"bad{i}\n" for i in range(6)
+    )
+    steps += [
+        send(m, pipelined, replies=9),
+        send(m, '{"execute": "query-', replies=0),
+        send(m, 'name", "id": "split"', replies=0),
+        send(m, "}\n"),
+        send(m, '{"execute": "query-name", "id": "no-newline"}'),
+        send(m, '\n{"execute": "query-name", "id": "crlf"}\r\n'),
+        send(m, '\r\n\r\n{"execute": "query-name", "id": "blank lines first"}\n'),
+        send(m, '\ufeff{"execute": "query-name", "id": "bom"}\n', replies=2),
+        send(m, '{"execute": "query-name", "id": "nul"}\x00\n', replies=2),
+        send(m, '\x00{"execute": "query-name"}\n', replies=2),
+        send(m, '\x1b[A{"execute": "query-name"}\n', replies=3),
+        send(m, '{"execute": "query-name", "id": "after junk"}\n', quiet=QUIET_S),
+        send(m, '{"execute": "query-name", "id": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}\n'),
+        send(m, '{"execute": "query-name", "id": "' + "x" * 5000 + '"}\n'),
+    ]
+    return steps + quit_(m)
+
+
 SCENARIOS = {
     "qmp_negotiation": qmp_negotiation(),
     "qmp_oob": qmp_oob(),
     "qmp_request_shape": qmp_request_shape(),
     "qmp_json_errors": qmp_json_errors(),
+    "qmp_framing": qmp_framing(),
 }
