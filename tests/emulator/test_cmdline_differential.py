@@ -1,8 +1,9 @@
 """Differential tests of the command line: real QEMU 7.2 and migemu's parser, line by line.
 
 For each bad line, both must print the same stderr (program name substituted) and exit with
-the same status. For each good line, QEMU must come up (its QMP greeting on stdout) and
-migemu's parser must accept it. Skipped when qemu-system-x86_64 is not installed.
+the same status. For each good line, QEMU must come up (answer query-status on QMP) and
+migemu's parser must accept it, with the same warnings. Skipped when qemu-system-x86_64 is
+not installed.
 """
 
 from __future__ import annotations
@@ -136,6 +137,29 @@ BAD_LINES: list[list[str]] = [
     ["-msg", "timestamp=x"],
     ["-rtc", "foo=1"],
     ["-m", "foo", "-version"],
+    ["-m", "256,maxmem=foo"],
+    ["-smp", "2"],
+    ["-smp", "cpus=2,foo=1"],
+    ["-smp", "2,sockets=x"],
+    ["-smp", "x", "-vga", "foo"],
+    ["-smp", "2", "-machine", "none,x=1"],
+    ["-daemonize", "-qmp", "stdio"],
+    ["-daemonize", "-monitor", "stdio"],
+    ["-daemonize", "-chardev", "stdio,id=c"],
+    ["-daemonize", "-serial", "stdio"],
+    ["-daemonize", "-qmp", "stdio", "-machine", "foo"],
+    ["-incoming", "fd:x"],
+    ["-incoming", "unix:"],
+    ["-incoming", "fd:x", "-machine", "memory-backend=nope"],
+    ["-qtest", "foo"],
+    ["-qtest", "foo", "-accel", "foo"],
+    ["-qtest", "foo", "-object", "memory-backend-ram,id=z,size=0"],
+    ["-msg", "foo=1"],
+    ["-name"],
+    ["-display", "none,foo=1"],
+    ["-sandbox", "foo"],
+    ["-rtc", "base=foo", "-machine", "foo"],
+    ["-rtc", "clock=foo"],
     # Cross-option order: the first error QEMU meets wins.
     ["-machine", "foo", "-vga", "foo"],
     ["-vga", "foo", "-machine", "none,x=1"],
@@ -157,6 +181,14 @@ GOOD_LINES: list[list[str]] = [
     ["-m", "size=300,slots=2,maxmem=1G"],
     ["-m", "0x10"],
     ["-m", "0x10M"],
+    ["-m", "256,maxmem=1G"],
+    ["-m", "256,slots=0,maxmem=1G"],
+    ["-vga", "std"],
+    ["-nographic"],
+    ["-incoming", "fd:99"],
+    ["-incoming", "tcp:127.0.0.1:0,to=5"],
+    ["-name", ",,x", "-S", "-S"],
+    ["-rtc", "base=2006-06-17,clock=vm,driftfix=slew"],
     ["-object", "memory-backend-ram,id=m,size=0x100k"],
     ["-object", RAM + ",share,noprealloc"],
     ["-object", RAM + ",size=2M,share=yes"],
@@ -239,8 +271,14 @@ def test_good_line_accepted_by_both(line: list[str], tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        greeting = proc.stdout.readline()  # QEMU writes it once initialisation is over
+        assert proc.stdin is not None
+        greeting = proc.stdout.readline()  # written when the monitor opens, before machine init
         assert greeting.startswith('{"QMP"'), (greeting, proc.stderr.read() if proc.stderr else "")
+        # Commands are served from the main loop only, i.e. once initialisation is over.
+        proc.stdin.write('{"execute": "qmp_capabilities"}\n{"execute": "query-status"}\n')
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith('{"return"')
+        assert '"status"' in proc.stdout.readline()
     finally:
         os.kill(proc.pid, 9)
         _, err = proc.communicate()

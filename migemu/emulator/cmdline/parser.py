@@ -579,6 +579,10 @@ def _opt_display(b: _Builder, arg: str, loc: _Loc) -> None:
     kind = arg.split(",", 1)[0].partition("=")[0] if arg.startswith("vnc=") else arg.split(",")[0]
     if kind not in DISPLAY_TYPES:
         raise b.fail(f"Parameter 'type' does not accept value '{kind}'", loc)
+    if kind == "none":
+        for pair in b.split(arg, loc, "type", keyval=True)[1:]:
+            if pair.key != "gl":
+                raise b.fail(f"Parameter '{pair.key}' is unexpected", loc)
     b.values["display"] = arg
 
 
@@ -589,9 +593,28 @@ def _opt_msg(b: _Builder, arg: str, loc: _Loc) -> None:
         b.values["msg_" + key.replace("-", "_")] = b.bool_value(key, value, loc)
 
 
+_RTC_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2})?")
+
+
 def _opt_rtc(b: _Builder, arg: str, loc: _Loc) -> None:
-    b.check_keys(b.split(arg, loc, None), frozenset({"base", "clock", "driftfix"}), loc)
+    pairs = b.split(arg, loc, None)
+    b.check_keys(pairs, frozenset({"base", "clock", "driftfix"}), loc)
+    values = last_values(pairs)
+    base = values.get("base", "utc")
+    if base not in ("utc", "localtime") and not _RTC_DATE.fullmatch(base):
+        raise b.fail(
+            "invalid datetime format\nvalid formats: '2006-06-17T16:01:21' or '2006-06-17'"
+        )
+    for key, allowed in (("clock", ("host", "rt", "vm")), ("driftfix", ("none", "slew"))):
+        if key in values and values[key] not in allowed:
+            raise b.fail(f"invalid option value '{values[key]}'")
     b.values["rtc"] = arg
+
+
+def _opt_sandbox(b: _Builder, arg: str, loc: _Loc) -> None:
+    values = last_values(b.split(arg, loc, "enable"))
+    b.bool_value("enable", values.get("enable", ""), loc)
+    b.values["sandbox"] = arg
 
 
 def _opt_trace(b: _Builder, arg: str, loc: _Loc) -> None:
@@ -693,7 +716,7 @@ _OPTION_LIST: tuple[OptionSpec, ...] = (
     OptionSpec("D", True, _store("log_file"), "logfile (stored)"),
     OptionSpec("trace", True, _opt_trace, "trace options (stored)"),
     OptionSpec("L", True, _opt_data_dir, "path (stored)"),
-    OptionSpec("sandbox", True, _store("sandbox"), "(stored)"),
+    OptionSpec("sandbox", True, _opt_sandbox, "on|off[,...] (stored)"),
     OptionSpec("rtc", True, _opt_rtc, "(stored)"),
     OptionSpec(
         "migemu-guest",
@@ -803,8 +826,15 @@ def _finish(b: _Builder) -> VMConfig:
     if isinstance(vga, str) and vga not in VGA_TYPES:
         raise b.fail(f"unknown vga type: {vga}")
     _check_machine_props(b, machine)
+    _check_smp(b, machine)
+    if isinstance(vga, str) and vga != "none" and machine.type == "none":
+        b.warn(
+            "warning: A -vga option was passed but this machine type does not use that option; "
+            "No VGA device has been created"
+        )
     memory = _check_memory(b)
     accels = _check_accels(b, machine)
+    _check_qtest(b)
     _check_backends(b)
     chardev_ids = {c.id for c, _ in b.chardevs}
     _check_chardevs(b)
@@ -921,6 +951,41 @@ def _check_accels(b: _Builder, machine: MachineConfig) -> tuple[AccelConfig, ...
     return tuple(a for a, _ in b.accels)
 
 
+_SMP_KEYS = ("cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads")
+
+
+def _check_smp(b: _Builder, machine: MachineConfig) -> None:
+    smp = b.values.get("smp")
+    if not isinstance(smp, str):
+        return
+    try:
+        pairs = split_opts(smp, "cpus", keyval=True)
+    except OptsSyntaxError as err:
+        raise b.fail(str(err)) from err
+    values = last_values(pairs)
+    for key, value in values.items():
+        if key not in _SMP_KEYS:
+            raise b.fail(f"Parameter 'smp.{key}' is unexpected")
+        if not re.fullmatch(r"-?[0-9]+", value):
+            raise b.fail(f"Parameter 'smp.{key}' expects integer")
+    cpus = int(values.get("cpus", "1"))
+    if machine.type == "none" and cpus > 1:
+        raise b.fail(f"Invalid SMP CPUs {cpus}. The max CPUs supported by machine 'none' is 1")
+
+
+def _check_qtest(b: _Builder) -> None:
+    spec = b.values.get("qtest")
+    if not isinstance(spec, str):
+        return
+    tail = f'{b.prog}: Failed to initialize device for qtest: "{spec}"'
+    try:
+        chardev = _legacy_chardev(b, spec, "qtest", _Loc("-qtest " + spec))
+    except CmdlineError as err:
+        raise CmdlineError(f"{err.message}\n{tail}") from err
+    if chardev is None:
+        raise CmdlineError(f"{b.prog}: '{spec}' is not a valid char driver\n{tail}")
+
+
 def _check_backends(b: _Builder) -> None:
     for backend, _loc in b.backends:
         if backend.size == 0:
@@ -928,7 +993,17 @@ def _check_backends(b: _Builder) -> None:
 
 
 def _check_chardevs(b: _Builder) -> None:
+    serial_ids = {s.chardev for s, _ in b.serials}
     for chardev, loc in b.chardevs:
+        if chardev.backend == "stdio" and b.values.get("daemonize"):
+            message = f"{b.prog}: {loc.text}: cannot use stdio with -daemonize"
+            if chardev.id in serial_ids:
+                spec = loc.text.split(" ", 1)[1]
+                message += (
+                    f"\n{b.prog}: {loc.text}: could not connect serial device to character "
+                    f"backend '{spec}'"
+                )
+            raise CmdlineError(message)
         if chardev.backend == "socket":
             given = [k for k in ("path", "fd", "host") if dict(chardev.options).get(k) is not None]
             if len(given) > 1:
@@ -961,10 +1036,14 @@ def _check_incoming(b: _Builder) -> IncomingConfig | None:
     if not colon or scheme not in ("tcp", "unix", "exec", "fd", "rdma"):
         raise b.fail(f"unknown migration protocol: {uri}", loc)
     if scheme == "unix":
+        if not rest:
+            raise b.fail("invalid Unix socket address", loc)
         return IncomingConfig(uri, "unix", path=rest)
     if scheme == "exec":
         return IncomingConfig(uri, "exec", command=rest)
     if scheme == "fd":
+        if not rest.isdigit():
+            raise b.fail(f"Invalid file descriptor number '{rest}'", loc)
         return IncomingConfig(uri, "fd", path=rest)
     address = rest.split(",", 1)[0]
     host, colon, port = address.rpartition(":")
