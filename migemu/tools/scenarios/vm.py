@@ -183,6 +183,25 @@ def vm_removed_commands() -> list[Step]:
     return steps + quit_(m)
 
 
+def vm_incoming_runstate() -> list[Step]:
+    """stop/cont on destinations waiting for a migration, with and without -S."""
+    n = "vm_incoming_runstate"
+    steps: list[Step] = []
+    for mon, extra in (("dst", ()), ("dst2", ("-S",))):
+        steps += session(n, mon, *extra, "-incoming", "defer", share=True)
+        steps += [
+            qmp(mon, "query-status"),
+            send(mon, request("stop"), quiet=QUIET_S),
+            qmp(mon, "query-status"),
+            send(mon, request("cont"), quiet=QUIET_S),
+            qmp(mon, "query-status"),
+            send(mon, request("stop"), quiet=QUIET_S),
+            qmp(mon, "query-status"),
+            *quit_(mon),
+        ]
+    return steps
+
+
 # URIs that fail while the command runs (parsing, fd lookup), so the reply, the events and
 # error-desc are deterministic. Connection and DNS failures are asynchronous: left out.
 SYNC_BAD_URIS = [
@@ -232,4 +251,5 @@ SCENARIOS = {
     "vm_incoming_cmdline": vm_incoming_cmdline(),
     "vm_removed_commands": vm_removed_commands(),
     "vm_bad_uris": vm_bad_uris(),
+    "vm_incoming_runstate": vm_incoming_runstate(),
 }
