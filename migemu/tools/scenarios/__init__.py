@@ -1,7 +1,11 @@
 """Recorder scenarios (tools layer): name -> list of steps, one focused session each.
 
 Re-record every transcript with
-``python -m migemu.tools.record all --out tests/fixtures/transcripts``.
+``python -m migemu.tools.record all --out tests/fixtures/transcripts``; add ``--check`` to
+record again and diff against the committed files instead (real QEMU is deterministic on
+all of them except event timestamps). ``tests/qtest/test_replay.py`` replays each one
+against real QEMU and migemu. A scenario's module says what it covers: ``protocol``
+(qmp_*), ``parameters`` (params_*), ``capabilities`` (caps_*), ``vm`` (vm_*), ``hmp``.
 """
 
 from __future__ import annotations
