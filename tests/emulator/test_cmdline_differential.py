@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from migemu.emulator.cmdline import CmdlineError, parse_command_line
+from migemu.emulator.cmdline import CmdlineError, CmdlineExit, parse_command_line
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
@@ -286,3 +286,32 @@ def test_good_line_accepted_by_both(line: list[str], tmp_path: Path) -> None:
     assert config.prog_name == OUR_PROG
     expected = err.rstrip("\n").replace("qemu-system-x86_64:", f"{OUR_PROG}:")
     assert "\n".join(config.warnings) == expected
+
+
+def _ours_exit(args: list[str]) -> CmdlineExit:
+    with pytest.raises(CmdlineExit) as info:
+        parse_command_line([OUR_PROG, *args])
+    return info.value
+
+
+def test_machine_help_lists_qemus_pc_and_none_machines() -> None:
+    status, out, _ = _run_qemu(["-machine", "help"])
+    assert status == 0
+    unsupported = ("microvm", "isapc", "x-remote")
+    expected = [line for line in out.splitlines() if not line.startswith(unsupported)]
+    ours = _ours_exit(["-machine", "help"])
+    assert ours.exit_code == 0
+    assert ours.text.splitlines() == expected
+
+
+def test_accel_help_matches_qemu() -> None:
+    status, out, _ = _run_qemu(["-accel", "help"])
+    assert (status, out.rstrip("\n")) == (0, _ours_exit(["-accel", "help"]).text)
+
+
+def test_version_first_line_shape_matches_qemu() -> None:
+    status, out, _ = _run_qemu(["-version"])
+    theirs, ours = out.splitlines(), _ours_exit(["-version"]).text.splitlines()
+    assert status == 0 and len(theirs) == len(ours) == 2
+    assert theirs[0].split(" (")[0] == ours[0].split(" (")[0]
+    assert theirs[1] == ours[1]

@@ -299,6 +299,8 @@ def _store(name: str) -> Handler:
 
 
 def _opt_machine(b: _Builder, arg: str, loc: _Loc) -> None:
+    if arg == "help":
+        raise CmdlineExit(machine_help_text())
     b.machine_pairs.extend(b.split(arg, loc, "type", keyval=True))
 
 
@@ -359,6 +361,9 @@ def _backend_prop(b: _Builder, qom_type: str, name: str, kind: str, value: str, 
 
 
 def _opt_object(b: _Builder, arg: str, loc: _Loc) -> None:
+    if arg == "help":
+        types = "".join(f"\n  {name}" for name in sorted(_BACKEND_PROPS))
+        raise CmdlineExit("List of user creatable objects:" + types)
     pairs = b.split(arg, loc, "qom-type")
     values = last_values(pairs)
     qom_type = values.get("qom-type")
@@ -551,6 +556,8 @@ def _opt_global(b: _Builder, arg: str, loc: _Loc) -> None:
 
 
 def _opt_accel(b: _Builder, arg: str, loc: _Loc) -> None:
+    if arg == "help":
+        raise CmdlineExit("Accelerators supported in QEMU binary:\n" + "\n".join(ACCELS))
     pairs = b.split(arg, loc, "accel")
     values = last_values(pairs)
     name = values.pop("accel", "")
@@ -752,6 +759,22 @@ OPTIONS.update({n: OptionSpec(n, False, _opt_unsupported) for n in _UNSUPPORTED_
 
 def version_text() -> str:
     return f"QEMU emulator version {QEMU_VERSION} (migemu {MIGEMU_VERSION})\n{COPYRIGHT}"
+
+
+def machine_help_text() -> str:
+    """`-machine help`: QEMU's list, restricted to the machine types migemu accepts."""
+    i440fx, q35 = "Standard PC (i440FX + PIIX, 1996)", "Standard PC (Q35 + ICH9, 2009)"
+    rows = [("pc", f"{i440fx} (alias of pc-i440fx-7.2)"), ("pc-i440fx-7.2", f"{i440fx} (default)")]
+    old_i440fx = [v for v in _PC_VERSIONS[1:] if not v.startswith("2.1")]
+    old_i440fx += "2.3 2.2 2.12 2.11 2.10 2.1 2.0".split()
+    rows += [(f"pc-i440fx-{v}", i440fx) for v in old_i440fx]
+    rows += [(f"pc-i440fx-{v}", f"{i440fx} (deprecated)") for v in "1.7 1.6 1.5 1.4".split()]
+    rows += [("q35", f"{q35} (alias of pc-q35-7.2)"), ("pc-q35-7.2", q35)]
+    q35_versions = _PC_VERSIONS[1:]
+    q35_versions.insert(q35_versions.index("4.0"), "4.0.1")
+    rows += [(f"pc-q35-{v}", q35) for v in q35_versions]
+    rows.append(("none", "empty machine"))
+    return "Supported machines are:\n" + "\n".join(f"{n:<20} {d}" for n, d in rows)
 
 
 def help_text(prog: str) -> str:
