@@ -279,6 +279,47 @@ class PageSource:
         else:
             raise ValueError(f"unknown page kind {kind!r}")
 
+    def write_pages(
+        self,
+        dst: U8Array,
+        pages: npt.NDArray[np.int64],
+        kind: str,
+        material: npt.NDArray[np.uint64],
+    ) -> None:
+        """Overwrite scattered pages of ``dst`` (a ``(pages, PAGE_SIZE)`` uint8 array) with
+        ``kind`` content, page ``pages[i]`` being derived only from ``material[i]`` (512
+        random words). The result does not depend on how pages are grouped into calls."""
+        k = len(pages)
+        if kind == "zero":
+            dst[pages] = 0
+        elif kind == "random":
+            dst[pages] = material.astype("<u8", copy=False).view(np.uint8).reshape(k, PAGE_SIZE)
+        elif kind == "text" or kind == "code":
+            corpus = self.text if kind == "text" else self.code
+            offs = (material[:, 0] % np.uint64(len(corpus) - PAGE_SIZE)).astype(np.int64)
+            if kind == "code":
+                offs &= ~15
+            windows = np.lib.stride_tricks.sliding_window_view(corpus, PAGE_SIZE)
+            dst[pages] = windows[offs]
+        elif kind == "sparse":
+            rows = np.zeros((k, PAGE_SIZE), dtype=np.uint8)
+            r = material[:, 0]
+            last_only = (r % np.uint64(4)) == 0
+            counts = np.where(last_only, 0, 1 + (r >> np.uint64(8)) % np.uint64(16))
+            for j in range(16):
+                active = np.flatnonzero(counts > j)
+                if not len(active):
+                    break
+                w = material[active, 1 + j]
+                pos = (w % np.uint64(PAGE_SIZE)).astype(np.int64)
+                rows[active, pos] = (1 + (w >> np.uint64(16)) % np.uint64(255)).astype(np.uint8)
+            rows[last_only, PAGE_SIZE - 1] = (
+                1 + (r[last_only] >> np.uint64(24)) % np.uint64(255)
+            ).astype(np.uint8)
+            dst[pages] = rows
+        else:
+            raise ValueError(f"unknown page kind {kind!r}")
+
     @staticmethod
     def _sparse(dst: U8Array, first_page: int, n: int, gen: np.random.PCG64) -> None:
         dst[first_page * PAGE_SIZE : (first_page + n) * PAGE_SIZE] = 0
