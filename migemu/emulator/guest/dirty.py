@@ -78,6 +78,13 @@ class DirtySnapshot:
     def __contains__(self, page: int) -> bool:
         return bool(self._bits[page])
 
+    def run_arrays(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``(firsts, lengths)`` of all dirty runs as arrays, for callers that batch them."""
+        padded = np.zeros(self.pages + 2, dtype=np.bool_)
+        padded[1:-1] = self._bits.view(np.bool_)
+        edges = np.flatnonzero(padded[1:] != padded[:-1])
+        return edges[0::2], edges[1::2] - edges[0::2]
+
     def runs(self, first_page: int = 0, n: int | None = None) -> Iterator[tuple[int, int]]:
         """``(first_page, n_pages)`` of each dirty run inside ``[first_page, first_page+n)``."""
         stop = self.pages if n is None else min(self.pages, first_page + n)

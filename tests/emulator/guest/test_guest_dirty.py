@@ -159,3 +159,15 @@ def test_dirty_rate_meter_updates_once_per_period():
     clock.now = 2.0
     bm.sync_and_clear()
     assert meter.rate == 200  # 400 pages in 2 s
+
+
+def test_run_arrays_match_runs():
+    rng = random.Random(9)
+    bm = DirtyBitmap(500)
+    for _ in range(60):
+        bm.mark(rng.randrange(490), rng.randrange(1, 10))
+    bm.mark(499)
+    bm.mark(0)
+    snap = bm.sync_and_clear()
+    firsts, lengths = snap.run_arrays()
+    assert list(zip(firsts.tolist(), lengths.tolist(), strict=True)) == list(snap.runs())
