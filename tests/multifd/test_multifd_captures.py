@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import RAM_SIZE, load_capture
+from multifd_support import RAM_SIZE, load_capture
 
 from migemu.multifd import (
     PACKET_HEADER_WIRE_SIZE,

@@ -8,9 +8,9 @@ import os
 import random
 
 import pytest
-from conftest import CAPTURES, RAM_SIZE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from multifd_support import CAPTURES, RAM_SIZE
 
 from migemu.multifd import (
     MAX_COMPRESSED_PAYLOAD,

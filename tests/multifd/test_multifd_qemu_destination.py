@@ -9,39 +9,19 @@ with its RAM equal to the image. Skipped when qemu-system-x86_64 is not installe
 
 from __future__ import annotations
 
-import json
-import random
-import shutil
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from multifd_support import DEADLINE_S, QEMU, QMP, free_port, make_image, wait_status
+from multifd_support import QEMU_RAM_SIZE as RAM_SIZE
 
 from migemu.multifd import PAGE_SIZE, ChannelEncoder, PacketNumbers
 from migemu.multifd.mainstream import MainStreamEncoder
 
-QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
-
-RAM_SIZE = 4 << 20
-DEADLINE_S = 20.0
-
-
-def make_image() -> bytes:
-    rng = random.Random(7)
-    pages = []
-    for index in range(RAM_SIZE // PAGE_SIZE):
-        kind = (index // 5) % 4
-        if kind in (0, 3) and index % 7:
-            pages.append(bytes(PAGE_SIZE))
-        elif kind == 1:
-            pages.append(rng.randbytes(PAGE_SIZE))
-        else:
-            pages.append((f"page {index} of the migemu image ".encode() * 200)[:PAGE_SIZE])
-    return b"".join(pages)
 
 
 def build_streams(image: bytes, method: str) -> tuple[bytes, list[bytes]]:
@@ -82,57 +62,6 @@ def build_streams(image: bytes, method: str) -> tuple[bytes, list[bytes]]:
     for index, channel in enumerate(channels):  # sync point 3
         wire[index] += channel.packet(numbers.next(), sync=True)
     return main, [b"".join(parts) for parts in wire]
-
-
-class QMP:
-    """A minimal synchronous QMP client (the test must not depend on other layers)."""
-
-    def __init__(self, path: Path) -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        self.file = self.sock.makefile("rwb")
-        self._read()
-        self.cmd("qmp_capabilities")
-
-    def _read(self) -> dict:
-        while True:
-            message = json.loads(self.file.readline())
-            if "event" not in message:
-                return message
-
-    def cmd(self, name: str, **arguments: object) -> object:
-        self.file.write(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
-        self.file.flush()
-        reply = self._read()
-        assert "error" not in reply, reply
-        return reply["return"]
-
-
-def wait_status(qmp: QMP, *wanted: str) -> str | None:
-    """Poll the destination's query-migrate until its status is one of ``wanted``."""
-    deadline = time.monotonic() + DEADLINE_S
-    status = None
-    while time.monotonic() < deadline:
-        status = qmp.cmd("query-migrate").get("status")  # type: ignore[union-attr]
-        if status in wanted:
-            break
-        time.sleep(0.01)
-    return status
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("method", ["none", "zlib", "zstd"])
