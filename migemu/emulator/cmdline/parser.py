@@ -330,9 +330,11 @@ def _qemuopts_number(b: _Builder, name: str, value: str, loc: _Loc) -> None:
 
 
 def _opt_m(b: _Builder, arg: str, loc: _Loc) -> None:
-    pairs = b.split(arg, loc, "size")
-    b.check_keys(pairs, frozenset({"size", "slots", "maxmem"}), loc)
-    for pair in pairs:
+    pairs = b.split(arg, loc, "size", warn=False)
+    for pair in pairs:  # QemuOpts checks element by element, warning as it goes
+        b.check_keys([pair], frozenset({"size", "slots", "maxmem"}), loc)
+        for message in short_form_warnings([pair]):
+            b.warn(message, loc)
         if pair.key == "slots":
             _qemuopts_number(b, pair.key, pair.value, loc)
         else:
@@ -406,14 +408,21 @@ def _add_chardev(b: _Builder, chardev: ChardevConfig, loc: _Loc) -> None:
     b.chardevs.append((chardev, loc))
 
 
-def _chardev_from_values(b: _Builder, values: dict[str, str], loc: _Loc) -> ChardevConfig:
-    for key, value in values.items():
+def _check_chardev_values(b: _Builder, pairs: list[OptPair], loc: _Loc, warn: bool) -> None:
+    for pair in pairs:  # QemuOpts checks element by element
+        key, value = pair.key, pair.value
+        b.check_keys([pair], _CHARDEV_KEYS, loc)
+        for message in short_form_warnings([pair]) if warn else ():
+            b.warn(message, loc)
         if key in _CHARDEV_NUMBER_KEYS:
             _qemuopts_number(b, key, value, loc)
         elif key in _CHARDEV_BOOL_KEYS:
             b.bool_value(key, value, loc)
         elif key == "size":
             _qemuopts_size(b, key, value, loc)
+
+
+def _chardev_from_values(values: dict[str, str]) -> ChardevConfig:
     backend = values["backend"]
     return ChardevConfig(
         id=values["id"],
@@ -428,8 +437,8 @@ def _chardev_from_values(b: _Builder, values: dict[str, str], loc: _Loc) -> Char
 
 
 def _opt_chardev(b: _Builder, arg: str, loc: _Loc) -> None:
-    pairs = b.split(arg, loc, "backend")
-    b.check_keys(pairs, _CHARDEV_KEYS, loc)
+    pairs = b.split(arg, loc, "backend", warn=False)
+    _check_chardev_values(b, pairs, loc, warn=True)
     values = last_values(pairs)
     if "id" not in values:
         raise b.fail("chardev: no id specified", loc)
@@ -438,7 +447,7 @@ def _opt_chardev(b: _Builder, arg: str, loc: _Loc) -> None:
         raise b.fail(f'chardev: "{values["id"]}" missing backend', loc)
     if values["backend"] not in CHAR_DRIVERS:
         raise b.fail(f"'{values['backend']}' is not a valid char driver name", loc)
-    _add_chardev(b, _chardev_from_values(b, values, loc), loc)
+    _add_chardev(b, _chardev_from_values(values), loc)
 
 
 def _legacy_chardev(b: _Builder, spec: str, chardev_id: str, loc: _Loc) -> ChardevConfig | None:
@@ -468,10 +477,7 @@ def _legacy_chardev(b: _Builder, spec: str, chardev_id: str, loc: _Loc) -> Chard
         if comma:
             pairs = b.split(rest, loc, None, warn=False)  # QEMU 7.2 is silent here
             try:
-                b.check_keys(pairs, _CHARDEV_KEYS, loc)
-                for key, value in last_values(pairs).items():
-                    if key in _CHARDEV_BOOL_KEYS:
-                        b.bool_value(key, value, loc)
+                _check_chardev_values(b, pairs, loc, warn=False)
             except CmdlineError as err:
                 raise CmdlineError(
                     f"{err.message}\n{b.prog}: {loc.text}: parse error: {spec}"
@@ -481,7 +487,7 @@ def _legacy_chardev(b: _Builder, spec: str, chardev_id: str, loc: _Loc) -> Chard
         values.update(backend="tty", path=spec)
     else:
         return None
-    return _chardev_from_values(b, values, loc)
+    return _chardev_from_values(values)
 
 
 def _monitor_option(mode: str, pretty: bool) -> Handler:
@@ -800,11 +806,11 @@ def _scan(prog: str, argv: list[str]) -> list[tuple[OptionSpec | None, str, str 
     while i < len(argv):
         word = argv[i]
         i += 1
-        if not word.startswith("-") or word == "-":
+        if not word.startswith("-"):
             items.append((None, word, None))
             continue
         name = word[2:] if word.startswith("--") else word[1:]
-        spec = OPTIONS.get(name)
+        spec = OPTIONS.get(name) if name else None
         if spec is None:
             raise CmdlineError(f"{prog}: {word}: invalid option")
         arg: str | None = None

@@ -50,20 +50,31 @@ def _split_escaped(text: str) -> list[str]:
 def split_opts(text: str, implied_key: str | None, keyval: bool = False) -> list[OptPair]:
     """Split an option argument into ordered pairs (repeated keys are all kept)."""
     pairs: list[OptPair] = []
-    elements = _split_escaped(text)
     if text == "":
         return pairs
+    # The implied key applies when no '=' comes before the first comma, as typed.
+    implied = implied_key is not None and "=" not in text.split(",", 1)[0]
+    if keyval and implied:
+        # keyval's implied value ends at the first comma: ",," does not escape there.
+        head, comma, text = text.partition(",")
+        if comma and (head == "" or text.startswith(",")):
+            raise OptsSyntaxError("Invalid parameter ''")
+        pairs.append(OptPair(str(implied_key), head))
+        if not comma:
+            return pairs
+        implied = False
+    elements = _split_escaped(text)
     if keyval and elements[0] == "" and len(elements) > 1:
         raise OptsSyntaxError("Invalid parameter ''")
     for index, element in enumerate(elements):
         key, eq, value = element.partition("=")
-        if eq:
+        if index == 0 and implied:
+            pairs.append(OptPair(str(implied_key), element))
+        elif eq:
             pairs.append(OptPair(key, value))
-        elif index == 0 and implied_key is not None:
-            pairs.append(OptPair(implied_key, element))
+        elif element == "" and (not keyval or index == len(elements) - 1):
+            continue  # an empty element (a trailing comma) is skipped
         elif keyval:
-            if element == "" and index == len(elements) - 1:
-                continue  # keyval tolerates one trailing comma
             raise OptsSyntaxError(f"Expected '=' after parameter '{element}'")
         elif element.startswith("no") and element != "no":
             pairs.append(OptPair(element[2:], "off", True, element))
