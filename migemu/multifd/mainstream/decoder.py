@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import os
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -92,7 +93,7 @@ _SUBSECTIONS: dict[str, dict[int, int]] = {
     "timer/icount/shift": {1: 2, 2: 10},
 }
 
-_RAM_TYPES = RAM_FLAG_ZERO | RAM_FLAG_PAGE | RAM_FLAG_COMPRESS_PAGE | RAM_FLAG_XBZRLE
+_U64_FROM = struct.Struct(">Q").unpack_from
 
 
 class _State(enum.Enum):
@@ -138,6 +139,7 @@ class MainStreamDecoder:
         self._section: _Handler | None = None
         self._section_id = 0
         self._last_block: str | None = None
+        self._failed_text = ""
         self._error: MultiFDError | None = None
         self.offset = 0  # stream offset of self._buf[0]
 
@@ -411,7 +413,25 @@ class MainStreamDecoder:
     def _parse_ram(self, r: Reader, records: list[Record]) -> None:
         """RAM records up to and including EOS; commits after each whole record."""
         append = records.append
+        buf = r.buf
+        zero_continue = RAM_FLAG_ZERO | RAM_FLAG_CONTINUE
         while True:
+            # Fast path for the bulk of a PART: 9-byte ZERO|CONTINUE records.
+            block = self._last_block
+            if block is not None:
+                length = self._block_length(block)
+                pos = r.pos
+                end = r.end - 9
+                while pos <= end:
+                    word = _U64_FROM(buf, pos)[0]
+                    if word & 0xFFF != zero_continue:
+                        break
+                    addr = word & PAGE_MASK
+                    if addr + PAGE_SIZE > length:
+                        raise ProtocolError(f"Illegal RAM offset {addr:x}")
+                    append(RamZero(block, addr, buf[pos + 8]))
+                    pos += 9
+                r.pos = self._pos = pos
             word = r.u64()
             flags = word & ~PAGE_MASK
             addr = word & PAGE_MASK
