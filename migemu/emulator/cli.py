@@ -86,6 +86,7 @@ def machine_options(config: VMConfig) -> MachineOptions:
         start_paused=config.start_paused,
         incoming=config.incoming.uri if config.incoming is not None else None,
         globals=[(g.driver, g.property, g.value) for g in config.globals],
+        prog_name=config.prog_name,
     )
     if config.uuid is not None:
         options.uuid = config.uuid

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migemu import __version__
 from migemu.emulator.dispatch import Dispatcher
@@ -19,6 +19,10 @@ from migemu.emulator.events import EventBus
 from migemu.emulator.ram import GuestRAM
 from migemu.emulator.runstate import RunState
 from migemu.emulator.vm import VM
+
+if TYPE_CHECKING:
+    from migemu.emulator.migration.outgoing import DeviceSection
+    from migemu.multifd.mainstream.records import SectionData, SectionSpec
 
 QEMU_VERSION = (7, 2, 22)
 PACKAGE = f"migemu {__version__}"
@@ -40,6 +44,7 @@ class MachineOptions:
     start_paused: bool = False
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)
+    prog_name: str = "migemu"
 
 
 class Machine:
@@ -47,6 +52,7 @@ class Machine:
 
     def __init__(self, options: MachineOptions, ram: GuestRAM | None = None) -> None:
         from migemu.emulator.commands import register_all  # commands import Machine's types
+        from migemu.emulator.migration.manager import MigrationManager
         from migemu.emulator.migration.settings import MigrationSettings
 
         self.options = options
@@ -58,10 +64,48 @@ class Machine:
         )
         self.migration = MigrationSettings.from_globals(options.globals)
         self.migration.incoming = lambda: self.vm.state is RunState.INMIGRATE
+        self.migrations = MigrationManager(self)
         self.dispatcher = Dispatcher()
         self.shutdown_reason: str | None = None
+        self.exit_status = 0
         self.on_shutdown: Callable[[str], None] | None = None
         register_all(self)
+
+    @property
+    def prog_name(self) -> str:
+        return self.options.prog_name
+
+    @property
+    def stream_machine_type(self) -> str:
+        """The machine name the migration stream's CONFIGURATION section carries."""
+        return self.options.machine_type
+
+    @property
+    def uuid_bytes(self) -> bytes:
+        return uuidlib.UUID(self.uuid).bytes
+
+    def device_sections(self) -> list[DeviceSection]:
+        """Sections after RAM that the source sends (none yet besides QEMU's own)."""
+        return []
+
+    def incoming_sections(self) -> list[SectionSpec]:
+        return []
+
+    def load_section(self, record: SectionData) -> None:
+        """A migemu-specific section arrived on the destination (none are defined yet)."""
+
+    def start_incoming(self) -> None:
+        """``-incoming URI`` on the command line: listen now (``defer`` waits for QMP)."""
+        uri = self.options.incoming
+        if uri is not None and uri != "defer":
+            self.migrations.start_incoming(uri)
+            self.migrations.incoming_started = True
+
+    def request_exit(self, status: int) -> None:
+        """End the process with ``status`` without a SHUTDOWN event (QEMU's exit())."""
+        self.exit_status = status
+        if self.on_shutdown is not None:
+            self.on_shutdown("exit")
 
     def request_shutdown(self, reason: str, *, guest: bool = False) -> None:
         """QEMU's shutdown request: SHUTDOWN event now, process exit once the loop gets to it."""
@@ -72,12 +116,10 @@ class Machine:
         if self.on_shutdown is not None:
             self.on_shutdown(reason)
 
-    def query_migrate(self) -> dict[str, Any]:
-        return {}
-
     @property
     def runstate(self) -> RunState:
         return self.vm.state
 
     def close(self) -> None:
+        self.migrations.shutdown()
         self.ram.close()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable, Sequence
 
 from migemu.emulator.machine import Machine, version_info
 from migemu.emulator.qmp.server import MonitorEndpoint, SocketSpec
 from migemu.emulator.qmp.session import QMPSession
+from migemu.qapi.errors import QMPError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -27,7 +29,6 @@ async def serve(
     """Serve until shutdown; ``ready`` runs once every listener exists."""
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    exit_status = 0
 
     def on_shutdown(reason: str) -> None:
         loop.call_soon_threadsafe(done.set)
@@ -43,6 +44,11 @@ async def serve(
     try:
         for endpoint in endpoints:
             await endpoint.start()
+        try:
+            machine.start_incoming()
+        except QMPError as err:
+            print(f"{machine.prog_name}: {err.desc}", file=sys.stderr)
+            return 1
         if ready is not None:
             ready()
         await done.wait()
@@ -54,4 +60,4 @@ async def serve(
         for endpoint in endpoints:
             await endpoint.close()
         machine.close()
-    return exit_status
+    return machine.exit_status

@@ -18,4 +18,9 @@ def register(machine: Machine) -> None:
     )
     d.register("query-migrate-parameters", lambda args: settings.query_parameters())
     d.register("migrate-set-parameters", lambda args: settings.set_parameters(args))
-    d.register("query-migrate", lambda args: machine.query_migrate())
+    mm = machine.migrations
+    d.register("query-migrate", mm.query)
+    d.register("migrate", mm.migrate)
+    d.register("migrate-incoming", mm.migrate_incoming)
+    d.register("migrate_cancel", mm.cancel)
+    d.register("migrate-continue", mm.continue_)

@@ -17,6 +17,8 @@ from migemu.emulator.migration import capabilities as caps_mod
 from migemu.emulator.migration import parameters as params_mod
 from migemu.qapi.errors import QMPError
 
+FIXED_DURING_MIGRATION = ("multifd-channels", "multifd-compression")
+
 
 class SettingsError(Exception):
     """A ``-global migration.*`` setting that QEMU refuses at startup."""
@@ -34,6 +36,7 @@ class MigrationSettings:
         self.migration_running: Callable[[], bool] = lambda: False
         self.incoming: Callable[[], bool] = lambda: False
         self.multi_channel_allowed: Callable[[], bool] = lambda: True
+        self.incoming_active: Callable[[], bool] = lambda: False
 
     @classmethod
     def from_globals(cls, globals_: Iterable[tuple[str, str, str]]) -> MigrationSettings:
@@ -72,11 +75,20 @@ class MigrationSettings:
 
     def set_parameters(self, request: Mapping[str, Any]) -> None:
         with self._lock:
-            self.parameters = params_mod.set_parameters(
+            new = params_mod.set_parameters(
                 self.parameters,
                 request,
                 zero_copy_send=self.capabilities["zero-copy-send"],
             )
+            if self.migration_running() or self.incoming_active():
+                # QEMU 7.2 aborts (multifd-channels) or silently ignores (compression) such a
+                # change mid-migration; migemu refuses it instead, after QEMU's own checks.
+                for name in FIXED_DURING_MIGRATION:
+                    if new[name] != self.parameters[name]:
+                        raise QMPError(
+                            f"Parameter '{name}' cannot be changed while a migration is in progress"
+                        )
+            self.parameters = new
 
     def set_capabilities(self, request: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:

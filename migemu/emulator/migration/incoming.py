@@ -1,0 +1,310 @@
+"""The destination side of a migration: QEMU 7.2's incoming path (emulator layer).
+
+``IncomingMigration`` owns the listener (or the ``exec:`` child). Its thread accepts the main
+channel first, then -- with the multifd capability -- ``multifd-channels`` more connections,
+each identified by its MultiFDInit greeting; once all are there the state goes none ->
+active and the main stream is loaded: ZERO/PAGE records straight into guest RAM, multifd
+packets by one thread per channel, each RAM EOS a barrier that waits for every channel's
+SYNC. After EOF and the VM description the guest starts (RESUME) if the source's guest was
+running and ``autostart`` is on, then ``completed``. Any error latches: no more IO on any
+channel, the state becomes ``failed``, and the machine exits with status 1, as QEMU does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from migemu.emulator.migration.link import ErrorLatch, Link, Listener
+from migemu.emulator.migration.settings import MigrationSettings
+from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
+from migemu.emulator.ram import PAGE_SIZE, GuestRAM
+from migemu.emulator.runstate import RunState
+from migemu.emulator.vm import VM
+from migemu.multifd.errors import ChannelClosed, MultiFDError, ProtocolError
+from migemu.multifd.init import INIT_ERROR_PREFIX, MultiFDInit, check_init
+from migemu.multifd.mainstream import MainStreamDecoder
+from migemu.multifd.mainstream.records import (
+    QEMU_SECTIONS,
+    GlobalState,
+    RamEOS,
+    RamPage,
+    RamZero,
+    SectionData,
+    SectionSpec,
+    VMDescription,
+)
+from migemu.multifd.receiver import ChannelDecoder, ReceivedPacket
+from migemu.multifd.sync import RecvSync
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 256 * 1024
+WAIT_SLICE_S = 0.05
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+@dataclass
+class IncomingContext:
+    ram: GuestRAM
+    vm: VM
+    settings: MigrationSettings
+    machine_type: str
+    uuid: bytes
+    # Extra sections this side loads (e.g. the guest vCPU state), after QEMU's own.
+    sections: list[SectionSpec] = field(default_factory=list)
+    on_section: Callable[[SectionData], None] | None = None
+
+
+class _Barrier:
+    """The RAM EOS <-> SYNC barrier between the main loader and the channel threads."""
+
+    def __init__(self, channels: int, latch: ErrorLatch) -> None:
+        self.sync = RecvSync(channels)
+        self.cond = threading.Condition()
+        self.latch = latch
+        latch.register(self._wake)
+
+    def _wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def channel_synced(self, channel_id: int, packet_num: int) -> None:
+        """A channel applied its SYNC packet: wait until the main stream releases it."""
+        with self.cond:
+            epoch = self.sync.epoch
+            self.sync.channel_synced(channel_id, packet_num)
+            self.cond.notify_all()
+            while self.sync.epoch == epoch:
+                self.latch.check()
+                self.cond.wait(WAIT_SLICE_S)
+
+    def main_eos(self) -> None:
+        """The main stream read an EOS: wait for every channel's SYNC, release them all."""
+        with self.cond:
+            self.sync.main_eos()
+            while not self.sync.ready:
+                self.latch.check()
+                self.cond.wait(WAIT_SLICE_S)
+            self.sync.release()
+            self.cond.notify_all()
+
+
+class RecvChannel:
+    """One multifd receive channel and its thread (multifdrecv_<id>)."""
+
+    def __init__(
+        self, mig: IncomingMigration, link: Link, decoder: ChannelDecoder, channel_id: int
+    ) -> None:
+        self.mig = mig
+        self.link = link
+        self.decoder = decoder
+        self.id = channel_id
+        self.thread = threading.Thread(
+            target=self._run, name=f"multifdrecv_{channel_id}", daemon=True
+        )
+
+    def _run(self) -> None:
+        mig = self.mig
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = self.link.recv_into(view[: max(READ_CHUNK, self.decoder.needed())])
+                if n == 0:
+                    self.decoder.feed_eof()
+                    return
+                for record in self.decoder.feed(view[:n]):
+                    self._apply(record)  # type: ignore[arg-type]
+                    while self.decoder.paused:
+                        mig.barrier.channel_synced(self.id, self.decoder_packet_num)
+                        self.decoder.release()
+                        for more in self.decoder.feed(b""):
+                            self._apply(more)  # type: ignore[arg-type]
+        except MultiFDError as err:
+            mig.latch.fail(err)
+        except Exception as err:
+            log.exception("multifd receive channel %d failed", self.id)
+            mig.latch.fail(MultiFDError(f"multifd {self.id}: internal error: {err!r}"))
+
+    decoder_packet_num = 0
+
+    def _apply(self, packet: ReceivedPacket) -> None:
+        self.decoder_packet_num = packet.packet_num
+        header = packet.header
+        if not header.normal_pages:
+            return
+        block = self.mig.ctx.ram.block(header.ramblock)
+        assert block is not None  # the decoder checked the name
+        mem = block.mem
+        data = packet.data
+        for i, offset in enumerate(header.offsets):
+            mem[offset : offset + PAGE_SIZE] = data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
+
+
+class IncomingMigration:
+    """One incoming migration, from listening to completed or failed."""
+
+    def __init__(
+        self,
+        ctx: IncomingContext,
+        listener: Listener,
+        sm: MigrationStateMachine,
+        on_finish: Callable[[IncomingMigration], None],
+    ) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.sm = sm
+        self.on_finish = on_finish
+        self.latch = ErrorLatch()
+        self.latch.register(listener.close)
+        self.multifd = ctx.settings.capability("multifd")
+        self.channels: list[RecvChannel] = []
+        self.main: Link | None = None
+        self.barrier = _Barrier(ctx.settings.get("multifd-channels"), self.latch)
+        self.source_runstate: str | None = None
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="migration_incoming", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def socket_address(self) -> list[dict[str, object]]:
+        return [self.listener.socket_address()]
+
+    @property
+    def listening(self) -> bool:
+        return self.sm.status is not MigrationStatus.COMPLETED
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._accept_all()
+            self.sm.handle(MigrationEvent.CHANNELS_CONNECTED)
+            self._load()
+            self._finish_ok()
+        except MultiFDError as err:
+            self.latch.fail(err)
+            self._finish_failed()
+        except Exception as err:
+            log.exception("incoming migration failed unexpectedly")
+            self.latch.fail(MultiFDError(f"migemu internal error: {err!r}"))
+            self._finish_failed()
+        finally:
+            self._cleanup()
+            self.on_finish(self)
+
+    def _accept_all(self) -> None:
+        self.main = self.listener.accept(self.latch, "main")
+        if not self.multifd:
+            return
+        wanted = self.ctx.settings.get("multifd-channels")
+        blocks = {b.name: b.size for b in self.ctx.ram.blocks}
+        method = self.ctx.settings.get("multifd-compression")
+        taken: set[int] = set()
+        accepted = 0
+        while len(taken) < wanted:
+            link = self.listener.accept(self.latch, f"multifd{accepted}")
+            decoder = ChannelDecoder(method, blocks)
+            greeting = self._read_greeting(link, decoder, accepted)
+            try:
+                cid = check_init(greeting, channels=wanted, local_uuid=self.ctx.uuid, taken=taken)
+            except ProtocolError as err:
+                raise ProtocolError(INIT_ERROR_PREFIX.format(accepted) + err.desc) from err
+            decoder.accept(cid)
+            taken.add(cid)
+            accepted += 1
+            channel = RecvChannel(self, link, decoder, cid)
+            self.channels.append(channel)
+        self.listener.close()
+        for channel in self.channels:
+            channel.thread.start()
+
+    def _read_greeting(self, link: Link, decoder: ChannelDecoder, index: int) -> MultiFDInit:
+        buf = bytearray(64)
+        view = memoryview(buf)
+        while True:
+            n = link.recv_into(view[: max(1, decoder.needed())])
+            if n == 0:
+                decoder.feed_eof()
+                raise ProtocolError(INIT_ERROR_PREFIX.format(index) + "connection closed")
+            for record in decoder.feed(view[:n]):
+                if isinstance(record, MultiFDInit):
+                    return record
+
+    def _load(self) -> None:
+        assert self.main is not None
+        decoder = MainStreamDecoder(
+            machine=self.ctx.machine_type,
+            ram_blocks={b.name: b.size for b in self.ctx.ram.blocks},
+            sections=[*QEMU_SECTIONS, *self.ctx.sections],
+        )
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = self.main.recv_into(view)
+            records = decoder.feed(view[:n]) if n else decoder.feed_eof()
+            for record in records:
+                if self._apply(record):
+                    return
+
+    def _apply(self, record: object) -> bool:
+        """Apply one main-stream record; True once the stream is complete."""
+        ram = self.ctx.ram
+        if isinstance(record, RamZero):
+            block = ram.block(record.block)
+            assert block is not None
+            page = block.mem[record.offset : record.offset + PAGE_SIZE]
+            if record.fill or page != ZERO_PAGE:
+                block.mem[record.offset : record.offset + PAGE_SIZE] = (
+                    bytes([record.fill]) * PAGE_SIZE
+                )
+        elif isinstance(record, RamPage):
+            block = ram.block(record.block)
+            assert block is not None
+            block.mem[record.offset : record.offset + PAGE_SIZE] = record.data
+        elif isinstance(record, RamEOS):
+            if self.multifd:
+                self.barrier.main_eos()
+        elif isinstance(record, GlobalState):
+            self.source_runstate = record.runstate
+        elif isinstance(record, SectionData):
+            if self.ctx.on_section is not None:
+                self.ctx.on_section(record)
+        elif isinstance(record, VMDescription):
+            return True
+        return False
+
+    def _finish_ok(self) -> None:
+        vm = self.ctx.vm
+        runstate = self.source_runstate
+        if runstate is None or runstate == RunState.RUNNING.value:
+            if vm.autostart:
+                vm.start()
+            else:
+                vm.set_state(RunState.PAUSED)
+        else:
+            vm.set_state(RunState(runstate))
+        self.sm.handle(MigrationEvent.COMPLETE)
+
+    def _finish_failed(self) -> None:
+        err = self.latch.error
+        self.error = err.desc if err is not None else "load of migration failed"
+        self.sm.try_handle(MigrationEvent.ERROR)
+
+    def _cleanup(self) -> None:
+        self.latch.fail(ChannelClosed("incoming migration finished"))
+        for channel in self.channels:
+            if channel.thread.is_alive():
+                channel.thread.join()
+            channel.link.close()
+        if self.main is not None:
+            self.main.close()
+        self.listener.close()
+
+    def cancel(self) -> None:
+        """Stop listening / loading (used when the machine shuts down)."""
+        self.latch.fail(ChannelClosed("incoming migration cancelled"))

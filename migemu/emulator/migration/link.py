@@ -1,0 +1,328 @@
+"""Connections of one migration and the "no IO after an error" rule (emulator layer).
+
+Every connection of a migration -- the main channel and each multifd channel, on either side
+-- is a ``Link`` bound to one ``ErrorLatch``. The first error (or a cancel) latches: it is
+kept as the migration's error, every link is shut down so blocked reads and writes return,
+and from then on every ``send``/``recv`` raises instead of touching the socket (the seed
+series' "don't do IO after an error"). ``connect``/``listen`` wrap sockets and ``exec:``
+pipes, with QEMU 7.2's error texts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from migemu.emulator.migration.uri import MigrationAddress
+from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken
+
+Buffer = bytes | bytearray | memoryview
+
+
+class ErrorLatch:
+    """The first error of a migration; firing it shuts every registered link down."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._error: MultiFDError | None = None
+        self._closers: list[Callable[[], None]] = []
+        self.fired = threading.Event()
+
+    @property
+    def error(self) -> MultiFDError | None:
+        return self._error
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def register(self, closer: Callable[[], None]) -> None:
+        with self._lock:
+            if self._error is None:
+                self._closers.append(closer)
+                return
+        closer()
+
+    def fail(self, error: MultiFDError) -> bool:
+        """Latch ``error`` if it is the first; returns whether it was."""
+        with self._lock:
+            if self._error is not None:
+                return False
+            self._error = error
+            closers, self._closers = self._closers, []
+        self.fired.set()
+        for closer in closers:
+            with contextlib.suppress(OSError):
+                closer()
+        return True
+
+    def check(self) -> None:
+        """Raise the latched error (as ``ChannelClosed``): no more IO."""
+        if self._error is not None:
+            raise ChannelClosed(self._error.desc)
+
+
+class _Stream(Protocol):
+    def send(self, data: Buffer) -> int: ...
+    def recv_into(self, buf: memoryview) -> int: ...
+    def shutdown(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _SocketStream:
+    write_error = "Unable to write to socket"
+    read_error = "Unable to read from socket"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, data: Buffer) -> int:
+        return self.sock.send(data)
+
+    def sendmsg(self, buffers: Sequence[Buffer]) -> int:
+        return self.sock.sendmsg(buffers)
+
+    def recv_into(self, buf: memoryview) -> int:
+        return self.sock.recv_into(buf)
+
+    def shutdown(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _PipeStream:
+    """One direction of an ``exec:`` child: its stdin (source) or stdout (destination)."""
+
+    write_error = "Unable to write to command"
+    read_error = "Unable to read from command"
+
+    def __init__(self, proc: subprocess.Popen[bytes], fd: int) -> None:
+        self.proc = proc
+        self.fd = fd
+
+    def send(self, data: Buffer) -> int:
+        return os.write(self.fd, data)
+
+    def recv_into(self, buf: memoryview) -> int:
+        return os.readv(self.fd, [buf])
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def close(self) -> None:
+        self.shutdown()
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Link:
+    """One migration connection; all IO goes through the latch."""
+
+    def __init__(self, stream: _SocketStream | _PipeStream, latch: ErrorLatch, name: str) -> None:
+        self.stream = stream
+        self.latch = latch
+        self.name = name
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._closed = False
+        latch.register(self._shutdown)
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.shutdown()
+
+    def send(self, data: Buffer) -> None:
+        """Write all of ``data``; a failure latches ``Unable to write to …: <reason>``."""
+        view = memoryview(data).cast("B")
+        while view:
+            self.latch.check()
+            try:
+                n = self.stream.send(view)
+            except OSError as err:
+                raise self._broken(f"{self.stream.write_error}: {err.strerror}") from err
+            self.bytes_sent += n
+            view = view[n:]
+
+    def sendv(self, buffers: Sequence[Buffer]) -> None:
+        """Write several buffers back to back (one ``sendmsg`` when it can)."""
+        if not isinstance(self.stream, _SocketStream):
+            for b in buffers:
+                self.send(b)
+            return
+        views = [memoryview(b).cast("B") for b in buffers if len(b)]
+        while views:
+            self.latch.check()
+            try:
+                n = self.stream.sendmsg(views[:64])
+            except OSError as err:
+                raise self._broken(f"{self.stream.write_error}: {err.strerror}") from err
+            self.bytes_sent += n
+            while n and views:
+                if n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+
+    def recv_into(self, buf: memoryview) -> int:
+        """Read some bytes (0 at EOF); a failure latches ``Unable to read from …``."""
+        self.latch.check()
+        try:
+            n = self.stream.recv_into(buf)
+        except OSError as err:
+            raise self._broken(f"{self.stream.read_error}: {err.strerror}") from err
+        if n == 0 and self.latch.failed:
+            self.latch.check()
+        self.bytes_received += n
+        return n
+
+    def _broken(self, desc: str) -> MultiFDError:
+        if self.latch.failed:
+            return ChannelClosed(self.latch.error.desc if self.latch.error else desc)
+        err = PeerBroken(desc)
+        self.latch.fail(err)
+        return err
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self.stream.close()
+
+
+class ConnectError(Exception):
+    """Opening a connection failed; ``desc`` is QEMU's text."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__(desc)
+        self.desc = desc
+
+
+def _family(address: MigrationAddress) -> int:
+    if address.ipv4 and not address.ipv6:
+        return socket.AF_INET
+    if address.ipv6 and not address.ipv4:
+        return socket.AF_INET6
+    return socket.AF_UNSPEC
+
+
+def _resolve(address: MigrationAddress, host: str) -> list[tuple]:  # type: ignore[type-arg]
+    try:
+        return socket.getaddrinfo(
+            host, address.port, _family(address), socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )
+    except socket.gaierror as err:
+        raise ConnectError(
+            f"address resolution failed for {address.host}:{address.port}: {err.strerror}"
+        ) from err
+
+
+def connect(address: MigrationAddress, latch: ErrorLatch, name: str) -> Link:
+    """Open one outgoing connection (blocking), as ``socket_connect``/``exec`` do."""
+    if address.kind == "exec":
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", address.command], stdin=subprocess.PIPE, close_fds=True
+        )
+        assert proc.stdin is not None
+        fd = os.dup(proc.stdin.fileno())
+        proc.stdin.close()
+        return Link(_PipeStream(proc, fd), latch, name)
+    if address.kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address.path)
+        except OSError as err:
+            sock.close()
+            raise ConnectError(f"Failed to connect to '{address.path}': {err.strerror}") from err
+        return Link(_SocketStream(sock), latch, name)
+    if address.kind != "tcp":
+        raise ConnectError(f"migemu cannot open {address.kind} connections")
+    last: OSError | None = None
+    for family, kind, proto, _, sockaddr in _resolve(address, address.host or "localhost"):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.connect(sockaddr)
+        except OSError as err:
+            sock.close()
+            last = err
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Link(_SocketStream(sock), latch, name)
+    reason = last.strerror if last is not None else "no address"
+    raise ConnectError(f"Failed to connect to '{address.describe()}': {reason}")
+
+
+class Listener:
+    """A listening socket for an incoming migration (``tcp:`` or ``unix:``)."""
+
+    def __init__(self, address: MigrationAddress) -> None:
+        self.address = address
+        if address.kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address.path)
+            try:
+                sock.bind(address.path)
+                os.chmod(address.path, 0o600)
+            except OSError as err:
+                sock.close()
+                raise ConnectError(
+                    f"Failed to bind socket to {address.path}: {err.strerror}"
+                ) from err
+        elif address.kind == "tcp":
+            # An empty host listens on loopback only: migemu never exposes a port by default.
+            infos = _resolve(address, address.host or "127.0.0.1")
+            family, kind, proto, _, sockaddr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as err:
+                sock.close()
+                raise ConnectError(f"Failed to find an available port: {err.strerror}") from err
+        else:
+            raise ConnectError(f"migemu cannot listen on {address.kind} addresses")
+        sock.listen(16)
+        self.sock = sock
+        self._closed = False
+
+    def socket_address(self) -> dict[str, object]:
+        """The listener as query-migrate's ``socket-address`` entry shows it."""
+        from migemu.emulator.migration.info import inet_socket_address, unix_socket_address
+
+        if self.address.kind == "unix":
+            return unix_socket_address(self.address.path)
+        host, port = self.sock.getsockname()[:2]
+        return inet_socket_address(host, port, ipv6=self.sock.family == socket.AF_INET6)
+
+    def accept(self, latch: ErrorLatch, name: str) -> Link:
+        latch.check()
+        try:
+            sock, _ = self.sock.accept()
+        except OSError as err:
+            latch.check()
+            raise PeerBroken(f"Failed to accept connection: {err.strerror}") from err
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Link(_SocketStream(sock), latch, name)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        if self.address.kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address.path)

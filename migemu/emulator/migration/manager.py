@@ -1,0 +1,187 @@
+"""The migration commands of one machine: migrate, migrate-incoming, cancel, continue, query.
+
+``MigrationManager`` is the QMP-facing side of the engine (emulator layer): it holds the
+source and destination state machines and the source's counters, checks each command the
+way QEMU 7.2's ``qmp_migrate``/``qmp_migrate_incoming`` do (same order, same texts), and
+starts ``OutgoingMigration``/``IncomingMigration`` threads. A failed incoming migration ends
+the process with status 1, as QEMU does.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from migemu.emulator.guest.dirty import DirtyBitmap
+from migemu.emulator.migration.incoming import IncomingContext, IncomingMigration
+from migemu.emulator.migration.info import query_migrate
+from migemu.emulator.migration.link import ConnectError, Listener
+from migemu.emulator.migration.outgoing import OutgoingContext, OutgoingMigration
+from migemu.emulator.migration.state import (
+    MigrationEvent,
+    MigrationStateMachine,
+    MigrationStatus,
+    Side,
+)
+from migemu.emulator.migration.stats import MigrationStats
+from migemu.emulator.migration.uri import MigrationAddress, UnknownProtocol, UriError, parse_uri
+from migemu.emulator.runstate import RunState
+from migemu.qapi.errors import QMPError
+
+if TYPE_CHECKING:
+    from migemu.emulator.machine import Machine
+
+MIGRATION_ACTIVE = "There's a migration process in progress"
+
+
+class MigrationManager:
+    """Source and destination migration state of one machine."""
+
+    def __init__(self, machine: Machine, report: Callable[[str], None] | None = None) -> None:
+        self.machine = machine
+        settings = machine.migration
+        events_on: Callable[[], bool] = lambda: settings.capability("events")  # noqa: E731
+        self.source = MigrationStateMachine(Side.SOURCE, machine.events.emit, events_on)
+        self.destination = MigrationStateMachine(Side.DESTINATION, machine.events.emit, events_on)
+        self.stats = MigrationStats()
+        self.dirty = {b.name: DirtyBitmap(b.pages) for b in machine.ram.blocks}
+        self.outgoing: OutgoingMigration | None = None
+        self.incoming: IncomingMigration | None = None
+        self.incoming_address: MigrationAddress | None = None
+        self.incoming_started = False
+        self._lock = threading.Lock()
+        self.report = report or (lambda text: print(text, file=sys.stderr, flush=True))
+        settings.migration_running = self.source.is_running
+        settings.incoming_active = self.incoming_running
+        settings.multi_channel_allowed = lambda: (
+            self.incoming_address is None or self.incoming_address.multi_channel
+        )
+
+    def incoming_running(self) -> bool:
+        return self.incoming is not None and self.destination.status in (
+            MigrationStatus.NONE,
+            MigrationStatus.ACTIVE,
+        )
+
+    # -- source -----------------------------------------------------------------------------
+
+    def migrate(self, args: dict[str, Any]) -> None:
+        machine = self.machine
+        if args.get("resume"):
+            raise QMPError("Cannot resume if there is no paused migration")
+        if self.source.is_running():
+            raise QMPError(MIGRATION_ACTIVE)
+        if machine.vm.state is RunState.INMIGRATE:
+            raise QMPError("Guest is waiting for an incoming migration")
+        if machine.vm.state is RunState.POSTMIGRATE:
+            raise QMPError("Can't migrate the vm that was paused due to previous migration")
+        self.stats.start(machine.ram.total)
+        self.source.start()
+        try:
+            address = parse_uri(args["uri"])
+        except UnknownProtocol as err:
+            self.source.handle(MigrationEvent.ERROR)
+            raise QMPError(err.desc) from err
+        except UriError as err:
+            self.report(f"{machine.prog_name}: {err.desc}")
+            self.source.fail(err.desc)
+            raise QMPError(err.desc) from err
+        ctx = OutgoingContext(
+            ram=machine.ram,
+            dirty=self.dirty,
+            vm=machine.vm,
+            events=machine.events,
+            settings=machine.migration,
+            machine_type=machine.stream_machine_type,
+            uuid=machine.uuid_bytes,
+            device_sections=machine.device_sections(),
+        )
+        if machine.migration.capability("multifd") and not address.multi_channel:
+            self.report(f"{machine.prog_name}: multifd is not supported by current protocol")
+            self.source.handle(MigrationEvent.ERROR)
+            return
+        outgoing = OutgoingMigration(ctx, address, self.source, self.stats, self._outgoing_done)
+        self.outgoing = outgoing
+        outgoing.start()
+
+    def _outgoing_done(self, outgoing: OutgoingMigration) -> None:
+        if self.source.status is MigrationStatus.FAILED and self.source.error_desc:
+            self.report(f"{self.machine.prog_name}: {self.source.error_desc}")
+
+    def cancel(self, args: dict[str, Any] | None = None) -> None:
+        """migrate_cancel: succeeds whatever the state (7.2)."""
+        outgoing = self.outgoing
+        if outgoing is None or not self.source.is_running():
+            return
+        self.source.try_handle(MigrationEvent.CANCEL)
+        outgoing.cancel()
+
+    def continue_(self, args: dict[str, Any]) -> None:
+        state = args["state"]
+        current = self.source.status
+        if current.value != state:
+            raise QMPError(f"Migration not in expected state: {current.value}")
+        if self.outgoing is not None:
+            self.outgoing.resume_switchover()
+
+    # -- destination ------------------------------------------------------------------------
+
+    def migrate_incoming(self, args: dict[str, Any]) -> None:
+        if self.incoming_started:
+            raise QMPError("The incoming migration has already been started")
+        if self.machine.vm.state is not RunState.INMIGRATE:
+            raise QMPError("'-incoming' was not specified on the command line")
+        self.start_incoming(args["uri"])
+
+    def start_incoming(self, uri: str) -> None:
+        """qemu_start_incoming_migration: the setup event, then listen on ``uri``."""
+        self.destination.handle(MigrationEvent.INCOMING_START)
+        try:
+            address = parse_uri(uri)
+        except UnknownProtocol as err:
+            raise QMPError(f"unknown migration protocol: {uri}") from err
+        except UriError as err:
+            raise QMPError(err.desc) from err
+        if address.kind not in ("tcp", "unix"):
+            raise QMPError(f"migemu cannot receive a migration over {address.kind}: yet")
+        try:
+            listener = Listener(address)
+        except ConnectError as err:
+            raise QMPError(err.desc) from err
+        machine = self.machine
+        ctx = IncomingContext(
+            ram=machine.ram,
+            vm=machine.vm,
+            settings=machine.migration,
+            machine_type=machine.stream_machine_type,
+            uuid=machine.uuid_bytes,
+            sections=machine.incoming_sections(),
+            on_section=machine.load_section,
+        )
+        self.incoming_address = address
+        self.incoming = IncomingMigration(ctx, listener, self.destination, self._incoming_done)
+        self.incoming_started = True
+        self.incoming.start()
+
+    def _incoming_done(self, incoming: IncomingMigration) -> None:
+        if self.destination.status is MigrationStatus.FAILED:
+            self.report(f"{self.machine.prog_name}: {incoming.error}")
+            self.machine.request_exit(1)
+
+    # -- query ------------------------------------------------------------------------------
+
+    def query(self, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        incoming = self.incoming
+        sockets = None
+        if incoming is not None and self.destination.status is not MigrationStatus.COMPLETED:
+            sockets = incoming.socket_address()
+        return query_migrate(self.source, self.stats, self.destination, sockets)
+
+    def shutdown(self) -> None:
+        """The machine is going away: end every migration thread's IO."""
+        if self.outgoing is not None:
+            self.outgoing.cancel()
+        if self.incoming is not None:
+            self.incoming.cancel()
