@@ -321,6 +321,38 @@ def test_globals_accels_and_stored_options() -> None:
     assert config.drives == ((("file", "/tmp/d"), ("format", "raw"), ("if", "none")),)
 
 
+def test_accelerator_choice() -> None:
+    assert parse().accelerator == "tcg"
+    assert parse("-enable-kvm").accelerator == "kvm"
+    config = parse("-accel", "foo", "-accel", "kvm", "-accel", "tcg")
+    assert config.accelerator == "kvm"
+    assert [a.name for a in config.accels] == ["foo", "kvm", "tcg"]
+    assert config.warnings == (
+        f"{PROG}: -accel foo: invalid accelerator foo",
+        f"{PROG}: falling back to KVM",
+    )
+
+
+def test_global_check_hook_runs_in_qemus_order() -> None:
+    def check(prop) -> str | None:
+        if prop.driver == "migration" and prop.property != "multifd-channels":
+            name = f"{prop.driver}.{prop.property}"
+            return f"can't apply global {name}={prop.value}: Property '{name}' not found"
+        return None
+
+    argv = [PROG, "-global", "migration.foo=1", "-object", "memory-backend-ram,id=z,size=0"]
+    with pytest.raises(CmdlineError) as info:
+        parse_command_line(argv, check_global=check)
+    assert info.value.message == (
+        f"{PROG}: can't apply global migration.foo=1: Property 'migration.foo' not found"
+    )
+    with pytest.raises(CmdlineError) as info:
+        parse_command_line([*argv, "-accel", "foo"], check_global=check)
+    assert info.value.message == f"{PROG}: -accel foo: invalid accelerator foo"
+    ok = parse_command_line([PROG, "-global", "migration.multifd-channels=4"], check_global=check)
+    assert ok.globals[0].value == "4"
+
+
 def test_migemu_options() -> None:
     config = parse("-migemu-guest", "dirty,rate=1000,seed=7", "-dashboard", "127.0.0.1:8080")
     assert (config.guest.kind, config.guest.rate, config.guest.seed) == ("dirty", 1000, 7)

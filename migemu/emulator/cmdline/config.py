@@ -114,6 +114,7 @@ class VMConfig:
     incoming: IncomingConfig | None = None  # the last -incoming
     globals: tuple[GlobalProperty, ...] = ()
     accels: tuple[AccelConfig, ...] = ()  # -accel options, in order
+    accelerator: str = "tcg"  # the one QEMU would use: the first valid of -accel / accel=
     name: str | None = None
     process_name: str | None = None
     debug_threads: bool = False

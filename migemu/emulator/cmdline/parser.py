@@ -823,11 +823,17 @@ def _scan(prog: str, argv: list[str]) -> list[tuple[OptionSpec | None, str, str 
     return items
 
 
-def parse_command_line(argv: list[str], prog: str | None = None) -> VMConfig:
+def parse_command_line(
+    argv: list[str], prog: str | None = None, check_global: GlobalCheck | None = None
+) -> VMConfig:
     """Parse a `qemu-system-x86_64`-style argv (argv[0] is the program).
 
     Raises CmdlineError for a line QEMU refuses, CmdlineExit for -version/-h.
     `prog` overrides the message prefix (default: basename of argv[0]).
+    `check_global` validates one -global (e.g. the migration properties) and returns QEMU's
+    message without the "prog: " prefix, e.g. "can't apply global migration.foo=1: Property
+    'migration.foo' not found", or None; it is called where QEMU applies globals, so errors
+    come out in QEMU's order.
     """
     prog = prog if prog is not None else os.path.basename(argv[0]) if argv else "migemu"
     b = _Builder(prog)
@@ -842,13 +848,16 @@ def parse_command_line(argv: list[str], prog: str | None = None) -> VMConfig:
             err.warnings = tuple(b.warnings)
             raise
     try:
-        return _finish(b)
+        return _finish(b, check_global)
     except CmdlineError as err:
         err.warnings = tuple(b.warnings)
         raise
 
 
-def _finish(b: _Builder) -> VMConfig:
+GlobalCheck = Callable[[GlobalProperty], str | None]
+
+
+def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
     """Step 3: checks across options, in QEMU's order."""
     machine = _check_machine(b)
     vga = b.values.get("vga")
@@ -856,13 +865,13 @@ def _finish(b: _Builder) -> VMConfig:
         raise b.fail(f"unknown vga type: {vga}")
     _check_machine_props(b, machine)
     _check_smp(b, machine)
-    if isinstance(vga, str) and vga != "none" and machine.type == "none":
-        b.warn(
-            "warning: A -vga option was passed but this machine type does not use that option; "
-            "No VGA device has been created"
-        )
     memory = _check_memory(b)
-    accels = _check_accels(b, machine)
+    accelerator = _check_accels(b, machine)
+    if check_global is not None:
+        for prop in b.globals:
+            message = check_global(prop)
+            if message is not None:
+                raise b.fail(message)
     _check_qtest(b)
     _check_backends(b)
     chardev_ids = {c.id for c, _ in b.chardevs}
@@ -876,6 +885,11 @@ def _finish(b: _Builder) -> VMConfig:
                 f"could not connect serial device to character backend '{serial.spec}'", loc
             )
     _check_memory_backend(b, machine, memory)
+    if isinstance(vga, str) and vga != "none" and machine.type == "none":
+        b.warn(
+            "warning: A -vga option was passed but this machine type does not use that option; "
+            "No VGA device has been created"
+        )
     incoming = _check_incoming(b)
     config = VMConfig(
         prog_name=b.prog,
@@ -887,7 +901,8 @@ def _finish(b: _Builder) -> VMConfig:
         serials=tuple(s for s, _ in b.serials),
         incoming=incoming,
         globals=tuple(b.globals),
-        accels=accels,
+        accels=tuple(a for a, _ in b.accels),
+        accelerator=accelerator,
         trace=tuple(b.trace),
         data_dirs=tuple(b.data_dirs),
         drives=tuple(b.drives),
@@ -961,15 +976,22 @@ def _check_memory(b: _Builder) -> MemoryConfig:
     return MemoryConfig(size=size, slots=slots, maxmem=maxmem)
 
 
-def _check_accels(b: _Builder, machine: MachineConfig) -> tuple[AccelConfig, ...]:
+_ACCEL_NAMES = {"tcg": "tcg", "kvm": "KVM"}  # as QEMU names them when falling back
+
+
+def _check_accels(b: _Builder, machine: MachineConfig) -> str:
+    """The accelerator QEMU would pick: the first valid one; invalid ones before it warn."""
     if b.accels and machine.accel:
         raise b.fail('The -accel and "-machine accel=" options are incompatible')
-    for name in machine.accel:
-        if name not in ACCELS:
-            raise b.fail(f"invalid accelerator {name}")
-    for accel, loc in b.accels:
+    candidates: list[tuple[AccelConfig, _Loc | None]] = list(b.accels)
+    if machine.accel:
+        candidates = [(AccelConfig(name, ()), None) for name in machine.accel]  # type: ignore[arg-type]
+    failed: list[str] = []
+    for accel, loc in candidates:
         if accel.name not in ACCELS:
-            raise b.fail(f"invalid accelerator {accel.name}", loc)
+            failed.append(b.fail(f"invalid accelerator {accel.name}", loc).message)
+            continue
+        b.warnings.extend(failed)
         for key, value in accel.properties:
             if key not in _ACCEL_PROPS[accel.name]:
                 raise b.fail(f"Property '{accel.name}-accel.{key}' not found", loc)
@@ -977,7 +999,12 @@ def _check_accels(b: _Builder, machine: MachineConfig) -> tuple[AccelConfig, ...
                 raise b.fail(f"Invalid 'thread' setting {value}", loc)
             if key == "tb-size" and not value.isdigit():
                 raise b.fail(f"Parameter '{key}' expects uint64", loc)
-    return tuple(a for a, _ in b.accels)
+        if failed:
+            b.warn(f"falling back to {_ACCEL_NAMES[accel.name]}")
+        return accel.name
+    if failed:
+        raise CmdlineError("\n".join(failed))
+    return "tcg"
 
 
 _SMP_KEYS = ("cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads")
