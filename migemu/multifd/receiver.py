@@ -12,7 +12,7 @@ kept: every later call raises it again, and nothing more is parsed.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from migemu.multifd.constants import (
@@ -50,6 +50,23 @@ class ReceivedPacket:
     @property
     def packet_num(self) -> int:
         return self.header.packet_num
+
+    def pages(self) -> Iterator[tuple[int, memoryview]]:
+        """``(offset, 4 KiB view)`` for each page, in packet order."""
+        view = memoryview(self.data)
+        for index, offset in enumerate(self.header.offsets):
+            yield offset, view[index * PAGE_SIZE : (index + 1) * PAGE_SIZE]
+
+    def runs(self) -> Iterator[tuple[int, memoryview]]:
+        """``(offset, view)`` for each run of pages with consecutive offsets: one slice
+        assignment per run instead of per page (QEMU's packets are mostly one or two runs)."""
+        offsets = self.header.offsets
+        view = memoryview(self.data)
+        start = 0
+        for index in range(1, len(offsets) + 1):
+            if index == len(offsets) or offsets[index] != offsets[index - 1] + PAGE_SIZE:
+                yield offsets[start], view[start * PAGE_SIZE : index * PAGE_SIZE]
+                start = index
 
 
 class _State(enum.Enum):

@@ -208,3 +208,31 @@ def test_encoder_validates() -> None:
     enc = ChannelEncoder(0, "none")
     with pytest.raises(ValueError):
         enc.packet(0, "mem0", [0, 4096], [bytes(PAGE)])
+
+
+def test_pages_and_runs() -> None:
+    offsets = [0, 4096, 8192, 40960, 45056, 4096 * 100]
+    enc = ChannelEncoder(0, "none")
+    pages = pages_for(offsets)
+    data = enc.greeting() + b"".join(enc.packet(1, "mem0", offsets, pages))
+    decoder = ChannelDecoder("none", BLOCKS)
+    decoder.feed(data)
+    decoder.accept(0)
+    (packet,) = decoder.feed(b"")
+    assert [(o, bytes(v)) for o, v in packet.pages()] == list(zip(offsets, pages, strict=True))
+    runs = [(o, len(v) // PAGE) for o, v in packet.runs()]
+    assert runs == [(0, 3), (40960, 2), (409600, 1)]
+    assert b"".join(bytes(v) for _, v in packet.runs()) == b"".join(pages)
+    assert list(ReceivedPacket(make_header(packet_num=1), b"").runs()) == []
+
+
+def test_needed_tracks_the_next_record() -> None:
+    data, _ = build_stream("zstd")
+    decoder = ChannelDecoder("zstd", BLOCKS)
+    assert decoder.needed() == 64
+    decoder.feed(data[:10])
+    assert decoder.needed() == 54
+    decoder.feed(data[10:64])
+    assert decoder.needed() == 0  # waiting for accept()
+    decoder.accept(1)
+    assert decoder.needed() == 1344

@@ -355,3 +355,29 @@ def test_extension_section() -> None:
     for index in range(len(data)):
         split += decoder.feed(data[index : index + 1])
     assert split == records
+
+
+def test_return_path_messages() -> None:
+    from migemu.multifd.mainstream import (
+        RP_PONG,
+        RP_SHUT,
+        ReturnPathDecoder,
+        ReturnPathMessage,
+        encode_rp_pong,
+        encode_rp_shut,
+    )
+
+    # The 16 bytes of the return-path capture (reference notes §10).
+    wire = encode_rp_pong(1) + encode_rp_shut(0)
+    assert wire == bytes.fromhex("00020004000000010001000400000000")
+    decoder = ReturnPathDecoder()
+    got = []
+    for index in range(len(wire)):
+        got += decoder.feed(wire[index : index + 1])
+    assert got == [ReturnPathMessage(RP_PONG, b"\0\0\0\1"), ReturnPathMessage(RP_SHUT, bytes(4))]
+    assert got[0].value == 1
+    with pytest.raises(ProtocolError) as info:
+        ReturnPathDecoder().feed(bytes.fromhex("00020003"))
+    assert info.value.desc == "RP: Received invalid message 0x0002 length 0x0003"
+    with pytest.raises(ProtocolError):
+        ReturnPathDecoder().feed(bytes.fromhex("00090000"))

@@ -1,4 +1,5 @@
-"""QEMU 7.2's main migration channel: records, incremental decoder, encoder (multifd layer)."""
+"""QEMU 7.2's main migration channel: records, incremental decoder, encoder, and the
+return-path messages that flow back on it (multifd layer)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,21 @@ from migemu.multifd.mainstream.records import (
     TimerState,
     VMDescription,
 )
+from migemu.multifd.mainstream.returnpath import (
+    RP_PONG,
+    RP_SHUT,
+    ReturnPathDecoder,
+    ReturnPathMessage,
+    encode_rp_message,
+    encode_rp_pong,
+    encode_rp_shut,
+)
 
 __all__ = [
     "GLOBALSTATE_SECTION_ID",
     "QEMU_SECTIONS",
+    "RP_PONG",
+    "RP_SHUT",
     "RAM_SECTION_ID",
     "TIMER_SECTION_ID",
     "VMDESC_MACHINE_NONE",
@@ -63,6 +75,8 @@ __all__ = [
     "RamPage",
     "RamZero",
     "Reader",
+    "ReturnPathDecoder",
+    "ReturnPathMessage",
     "Record",
     "SectionData",
     "SectionFooter",
@@ -79,6 +93,9 @@ __all__ = [
     "encode_ram_mem_size",
     "encode_ram_page",
     "encode_ram_zero",
+    "encode_rp_message",
+    "encode_rp_pong",
+    "encode_rp_shut",
     "encode_section_footer",
     "encode_section_full",
     "encode_section_part",
