@@ -53,8 +53,8 @@ _FAST: Final = re.compile(
     rb"""
     ([ \t\r\n]+)
     | ([{}\[\],:])
-    | ("(?:[^"\\\x00-\x1f\xfe\xff]|\\[\x20-\xfd])*"
-       |'(?:[^'\\\x00-\x1f\xfe\xff]|\\[\x20-\xfd])*')
+    | ("[^"\\\x00-\x1f\xfe\xff]*(?:\\[\x20-\xfd][^"\\\x00-\x1f\xfe\xff]*)*"
+       |'[^'\\\x00-\x1f\xfe\xff]*(?:\\[\x20-\xfd][^'\\\x00-\x1f\xfe\xff]*)*')
     | (-?(?:0|[1-9][0-9]*)(?=[^0-9.eE]))
     | (-?(?:0|[1-9][0-9]*)\.[0-9]+(?:[eE][+-]?[0-9]+)?(?=[^0-9.eE])
        |-?[1-9][0-9]*[eE][+-]?[0-9]+(?=[^0-9.eE]))
@@ -74,8 +74,9 @@ _FAST_KIND: Final = (
 
 # String bodies: any byte 0x20..0xFD but the quote and the backslash, or a backslash and any
 # byte 0x20..0xFD. A control byte or 0xFE/0xFF is junk.
-_DQ_BODY: Final = re.compile(rb'(?:[^"\\\x00-\x1f\xfe\xff]|\\[\x20-\xfd])*')
-_SQ_BODY: Final = re.compile(rb"(?:[^'\\\x00-\x1f\xfe\xff]|\\[\x20-\xfd])*")
+# (Written as "unrolled loops": sre runs a single-class repeat far faster than an alternation.)
+_DQ_BODY: Final = re.compile(rb'[^"\\\x00-\x1f\xfe\xff]*(?:\\[\x20-\xfd][^"\\\x00-\x1f\xfe\xff]*)*')
+_SQ_BODY: Final = re.compile(rb"[^'\\\x00-\x1f\xfe\xff]*(?:\\[\x20-\xfd][^'\\\x00-\x1f\xfe\xff]*)*")
 _DIGITS: Final = re.compile(rb"[0-9]*")
 _LOWER: Final = re.compile(rb"[a-z]*")
 # After junk QEMU skips until a structural character, a control byte other than tab, or

@@ -348,45 +348,53 @@ class JSONStreamParser:
         self._drop()
 
     def _process(self, tokens: list[Token], out: list[Parsed | JSONParseError]) -> None:
+        # Hot path: state lives in locals while the loop runs.
+        pending = self._tokens
+        size_total = self._token_size
+        braces = self._braces
+        brackets = self._brackets
         for token in tokens:
             kind = token[0]
+            error: str | None = None
             if kind == TokenKind.ERROR:
-                out.append(JSONParseError(f"{_PREFIX}stray '{decode_lenient(token[1])}'"))
-                self._drop()
-                continue
-            if kind == TokenKind.OVERSIZE:
-                # The cut token alone is over the limit, so the size check below would fire.
-                out.append(JSONParseError("JSON token size limit exceeded"))
-                self._drop()
-                continue
-            if kind == TokenKind.LCURLY:
-                self._braces += 1
-            elif kind == TokenKind.RCURLY:
-                self._braces -= 1
-            elif kind == TokenKind.LSQUARE:
-                self._brackets += 1
-            elif kind == TokenKind.RSQUARE:
-                self._brackets -= 1
-            size = len(token[1])
-            if self._token_size + size + 1 > MAX_TOKEN_SIZE:
-                out.append(JSONParseError("JSON token size limit exceeded"))
-                self._drop()
-                continue
-            if len(self._tokens) + 1 > MAX_TOKEN_COUNT:
-                out.append(JSONParseError("JSON token count limit exceeded"))
-                self._drop()
-                continue
-            if self._braces + self._brackets > MAX_NESTING:
-                out.append(JSONParseError("JSON nesting depth limit exceeded"))
-                self._drop()
-                continue
-            self._tokens.append(token)
-            self._token_size += size
-            if (self._braces > 0 or self._brackets > 0) and (
-                self._braces >= 0 and self._brackets >= 0
-            ):
-                continue
-            self._emit(out)
+                error = f"{_PREFIX}stray '{decode_lenient(token[1])}'"
+            elif kind == TokenKind.OVERSIZE:
+                # The cut token alone is over the limit, so the size check would fire.
+                error = "JSON token size limit exceeded"
+            else:
+                if kind == TokenKind.LCURLY:
+                    braces += 1
+                elif kind == TokenKind.RCURLY:
+                    braces -= 1
+                elif kind == TokenKind.LSQUARE:
+                    brackets += 1
+                elif kind == TokenKind.RSQUARE:
+                    brackets -= 1
+                size = len(token[1])
+                if size_total + size + 1 > MAX_TOKEN_SIZE:
+                    error = "JSON token size limit exceeded"
+                elif len(pending) + 1 > MAX_TOKEN_COUNT:
+                    error = "JSON token count limit exceeded"
+                elif braces + brackets > MAX_NESTING:
+                    error = "JSON nesting depth limit exceeded"
+                else:
+                    pending.append(token)
+                    size_total += size
+                    if (braces > 0 or brackets > 0) and braces >= 0 and brackets >= 0:
+                        continue
+                    try:
+                        out.append(Parsed(parse_tokens(pending)))
+                    except _Fail as err:
+                        out.append(JSONParseError(_PREFIX + str(err)))
+            if error is not None:
+                out.append(JSONParseError(error))
+            # A message was parsed or refused: QEMU drops everything pending.
+            pending = []
+            size_total = braces = brackets = 0
+        self._tokens = pending
+        self._token_size = size_total
+        self._braces = braces
+        self._brackets = brackets
 
 
 def loads(data: bytes | str) -> JSONValue:

@@ -118,13 +118,15 @@ def dumps(value: Any) -> str:
             if not item:
                 append("{}")
                 continue
-            keys = qdict_order(list(item))
+            keys = list(item)
+            for key in keys:
+                if not isinstance(key, str):
+                    raise TypeError(f"JSON object key must be str, not {type(key).__name__}")
+            keys = qdict_order(keys)
             append("{")
             work.append("}")
             for index in range(len(keys) - 1, -1, -1):
                 key = keys[index]
-                if not isinstance(key, str):
-                    raise TypeError(f"JSON object key must be str, not {type(key).__name__}")
                 work.append((item[key],))
                 work.append(quote_string(key) + ": ")
                 if index:
