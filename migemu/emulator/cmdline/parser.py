@@ -863,6 +863,7 @@ def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
     vga = b.values.get("vga")
     if isinstance(vga, str) and vga not in VGA_TYPES:
         raise b.fail(f"unknown vga type: {vga}")
+    _check_chardevs(b)  # QEMU creates character devices here
     _check_machine_props(b, machine)
     _check_smp(b, machine)
     memory = _check_memory(b)
@@ -875,7 +876,6 @@ def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
     _check_qtest(b)
     _check_backends(b)
     chardev_ids = {c.id for c, _ in b.chardevs}
-    _check_chardevs(b)
     for monitor, loc in b.monitors:
         if monitor.chardev not in chardev_ids:
             raise b.fail(f'chardev "{monitor.chardev}" not found', loc)
