@@ -105,6 +105,7 @@ class ChannelDecoder:
         self._error: MultiFDError | None = None
         self.channel_id: int | None = None
         self.greeting: MultiFDInit | None = None
+        self._eof = False
 
     @property
     def paused(self) -> bool:
@@ -155,9 +156,13 @@ class ChannelDecoder:
         """Add bytes; return every record they complete (possibly none)."""
         self._raise_if_failed()
         if data:
+            if self._eof:
+                raise RuntimeError("feed() after feed_eof()")
             self._buf += data
         try:
             records = self._parse()
+            if self._eof:
+                self._check_eof()
         except MultiFDError as err:
             self._fail(err)
             raise
@@ -166,17 +171,27 @@ class ChannelDecoder:
             self._pos = 0
         return records
 
-    def feed_eof(self) -> None:
-        """The peer closed the connection. Fine at a packet boundary (QEMU's thread ends
-        quietly), ``PeerBroken`` in the middle of a greeting or packet."""
+    def feed_eof(self) -> list[MultiFDInit | ReceivedPacket]:
+        """The peer closed the connection; returns the records still buffered. Fine at a
+        packet boundary (QEMU's thread ends quietly; the decoder then closes), else
+        ``PeerBroken``. While paused at a SYNC (or waiting for ``accept``) the verdict waits:
+        the buffered packets come out of ``feed(b"")`` after ``release()``, and the check
+        is made then."""
         self._raise_if_failed()
-        pending = len(self._buf) - self._pos
-        at_boundary = self._state in (_State.HEADER, _State.PAUSED, _State.WAIT_ACCEPT)
-        if pending or not at_boundary:
-            err = PeerBroken(UNEXPECTED_EOF)
-            self._fail(err)
-            raise err
-        self.close()
+        self._eof = True
+        return self.feed(b"")
+
+    def _check_eof(self) -> None:
+        if self._state in (_State.PAUSED, _State.WAIT_ACCEPT) and self._pos < len(self._buf):
+            return  # decided once the buffered bytes have been parsed
+        if self._pos < len(self._buf) or self._state not in (
+            _State.HEADER,
+            _State.PAUSED,
+            _State.WAIT_ACCEPT,
+        ):
+            raise PeerBroken(UNEXPECTED_EOF)
+        if self._state is _State.HEADER:
+            self.close()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -236,3 +236,33 @@ def test_needed_tracks_the_next_record() -> None:
     assert decoder.needed() == 0  # waiting for accept()
     decoder.accept(1)
     assert decoder.needed() == 1344
+
+
+def test_eof_while_paused_defers_the_verdict() -> None:
+    """The whole channel arrived and the peer closed while we sit at a SYNC: the buffered
+    packets still come out after release(), then the channel ends cleanly."""
+    data, plan = build_stream("zlib")
+    decoder = ChannelDecoder("zlib", BLOCKS)
+    decoder.feed(data)
+    decoder.accept(1)
+    packets = decoder.feed(b"")
+    assert decoder.paused and len(packets) == 1
+    assert decoder.feed_eof() == []
+    while decoder.paused:
+        decoder.release()
+        packets += decoder.feed(b"")
+    assert len(packets) == len(plan)
+    assert isinstance(decoder.error, ChannelClosed)
+
+
+def test_eof_while_paused_with_a_truncated_packet() -> None:
+    data, _ = build_stream("none")
+    decoder = ChannelDecoder("none", BLOCKS)
+    decoder.feed(data[:-10])
+    decoder.accept(1)
+    decoder.feed(b"")
+    decoder.feed_eof()
+    with pytest.raises(PeerBroken):
+        while True:
+            decoder.release()
+            decoder.feed(b"")
