@@ -186,7 +186,7 @@ def test_version_errors() -> None:
         "error while loading state for instance 0x0 of device 'ram'"
     )
     assert error_of(encode_file_header() + encode_section_start(0, "timer", 0, 0, full=True)) == (
-        "timer: incoming version_id 0 is too old for local minimum version_id 1"
+        "timer: incoming version_id 0 is too old for local minimum version_id  1"
     )
 
 
@@ -204,7 +204,7 @@ def test_ram_section_id_zero_trap() -> None:
     )
     del enc
     assert error_of(data, ram_blocks=BLOCKS) == (
-        "timer: incoming version_id 0 is too old for local minimum version_id 1"
+        "timer: incoming version_id 0 is too old for local minimum version_id  1"
     )
 
 

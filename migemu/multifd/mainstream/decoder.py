@@ -346,9 +346,10 @@ class MainStreamDecoder:
             if version != 4:
                 raise ProtocolError(failed)
         elif version < spec.minimum_version_id:
+            # Two spaces before the number: QEMU 7.2's own text (checked against it).
             raise ProtocolError(
                 f"{spec.idstr}: incoming version_id {version} is too old for local minimum "
-                f"version_id {spec.minimum_version_id}"
+                f"version_id  {spec.minimum_version_id}"
             )
         self._section = handler
         self._section_id = section_id
