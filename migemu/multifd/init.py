@@ -21,8 +21,8 @@ assert _INIT.size == INIT_SIZE
 
 ZERO_UUID = bytes(16)
 
-# The socket layer prepends this to a greeting error; QEMU numbers it with the count of
-# multifd channels accepted so far, not with the id in the greeting.
+# QEMU prefixes greeting errors (all but "already setup") with this, numbered with the count
+# of multifd channels accepted so far, not with the id in the greeting (checked on 7.2).
 INIT_ERROR_PREFIX = "failed to receive packet via multifd channel {}: "
 
 
@@ -63,11 +63,26 @@ def check_init(
     channels: int,
     local_uuid: bytes = ZERO_UUID,
     taken: Container[int] = (),
+    accepted: int | None = None,
 ) -> int:
     """Apply the destination's greeting checks in QEMU's order; return the channel id.
 
-    ``taken`` holds the ids already connected. Raises ``ProtocolError`` with QEMU's text.
+    ``taken`` holds the ids already connected. Raises ``ProtocolError`` with QEMU's text;
+    given ``accepted`` (multifd channels accepted so far), the text is the full line QEMU
+    prints, with ``INIT_ERROR_PREFIX`` where QEMU puts it.
     """
+    try:
+        _check_greeting(init, channels, local_uuid)
+    except ProtocolError as err:
+        if accepted is None:
+            raise
+        raise ProtocolError(INIT_ERROR_PREFIX.format(accepted) + err.desc) from None
+    if init.channel_id in taken:
+        raise ProtocolError(f"multifd: received id '{init.channel_id}' already setup'")
+    return init.channel_id
+
+
+def _check_greeting(init: MultiFDInit, channels: int, local_uuid: bytes) -> None:
     if init.magic != MULTIFD_MAGIC:
         raise ProtocolError(
             f"multifd: received packet magic {init.magic:x} expected {MULTIFD_MAGIC:x}"
@@ -83,13 +98,11 @@ def check_init(
         )
     if init.channel_id >= channels:
         # QEMU 7.2's text for this check really prints the versions (a copy-paste slip);
-        # we keep its words so logs match, but also reject id == channels.
+        # we keep its words so logs match, but also reject id == channels, which QEMU 7.2
+        # lets through and then crashes on (SIGSEGV, seen with 2 channels and id 2).
         raise ProtocolError(
             f"multifd: received channel version {init.version} expected {MULTIFD_VERSION}"
         )
-    if init.channel_id in taken:
-        raise ProtocolError(f"multifd: received id '{init.channel_id}' already setup'")
-    return init.channel_id
 
 
 def _hhd(value: int) -> int:

@@ -72,3 +72,15 @@ def test_magic_is_checked_before_everything() -> None:
 
 def test_accepts_matching_greeting() -> None:
     assert check_init(decode_init(encode_init(1, UUID)), channels=2, local_uuid=UUID) == 1
+
+
+def test_accepted_adds_qemus_prefix_except_for_taken_slots() -> None:
+    with pytest.raises(ProtocolError) as info:
+        check_init(_raw(version=2), channels=2, accepted=1)
+    assert info.value.desc == (
+        "failed to receive packet via multifd channel 1: "
+        "multifd: received packet version 2 expected 1"
+    )
+    with pytest.raises(ProtocolError) as info:
+        check_init(_raw(cid=0), channels=2, taken={0}, accepted=1)
+    assert info.value.desc == "multifd: received id '0' already setup'"

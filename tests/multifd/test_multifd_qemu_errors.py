@@ -3,16 +3,18 @@ message our decoder raises must appear in QEMU's own error output. Skipped witho
 
 from __future__ import annotations
 
+import queue
 import socket
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from multifd_support import DEADLINE_S, QEMU, QMP, free_port
 from multifd_support import QEMU_RAM_SIZE as RAM_SIZE
 
-from migemu.multifd import ProtocolError
+from migemu.multifd import ProtocolError, check_init, decode_init, encode_init
 from migemu.multifd.mainstream import (
     MainStreamDecoder,
     MainStreamEncoder,
@@ -187,3 +189,74 @@ def test_encoder_stream_is_accepted_without_multifd(tmp_path: Path) -> None:
             proc.communicate()
     # No VMDESCRIPTION and the socket closed after EOF: accepted, with QEMU's remark.
     assert "Expected vmdescription section, but got 0" in output
+
+
+def qemu_greeting_error(greetings: list[bytes], tmp_path: Path) -> str:
+    """Start a multifd destination, connect main and one connection per greeting, and
+    return the first error line QEMU prints (it does not exit on greeting errors)."""
+    ram = tmp_path / "ram"
+    ram.write_bytes(bytes(RAM_SIZE))
+    qmp_path = tmp_path / "qmp.sock"
+    proc = subprocess.Popen(
+        [
+            str(QEMU),
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            "4M",
+            "-object",
+            f"memory-backend-file,id=mem0,size=4M,mem-path={ram},share=on",
+            "-machine",
+            "memory-backend=mem0",
+            "-qmp",
+            f"unix:{qmp_path},server=on,wait=off",
+            "-incoming",
+            "defer",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lines: queue.Queue[bytes] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()])
+    reader.start()
+    socks = []
+    try:
+        qmp = QMP(qmp_path)
+        qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
+        qmp.cmd("migrate-set-parameters", **{"multifd-channels": 2})
+        port = free_port()
+        qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        socks.append(socket.create_connection(("127.0.0.1", port)))
+        socks[0].sendall(encode_file_header())
+        for greeting in greetings:
+            socks.append(socket.create_connection(("127.0.0.1", port)))
+            socks[-1].sendall(greeting)
+        return lines.get(timeout=DEADLINE_S).decode(errors="replace")
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.join()
+        for sock in socks:
+            sock.close()
+
+
+GREETINGS = {
+    "magic": [b"\x11\x22\x33\x45" + encode_init(0)[4:]],
+    "version": [encode_init(0)[:4] + b"\0\0\0\x02" + encode_init(0)[8:]],
+    "uuid": [encode_init(1, bytes(range(16)))],
+    "id": [encode_init(3)],
+    "taken": [encode_init(0), encode_init(0)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(GREETINGS))
+def test_same_greeting_message_as_qemu(case: str, tmp_path: Path) -> None:
+    greetings = GREETINGS[case]
+    taken: set[int] = set()
+    with pytest.raises(ProtocolError) as info:
+        for accepted, raw in enumerate(greetings):
+            taken.add(check_init(decode_init(raw), channels=2, taken=taken, accepted=accepted))
+    assert qemu_greeting_error(greetings, tmp_path) == f"qemu-system-x86_64: {info.value.desc}\n"
