@@ -11,6 +11,7 @@ Skipped when ``qemu-system-x86_64`` is not installed.
 from __future__ import annotations
 
 import os
+import random
 import select
 import shutil
 import socket
@@ -266,3 +267,26 @@ def test_every_byte_in_every_state(qemu: RealQEMU, state: str) -> None:
         assert qemu.session(data) == expected, (state, data)
         checked += 1
     assert checked >= 250
+
+
+_PIECES = [
+    b"{", b"}", b"[", b"]", b",", b":", b'"', b"'", b"\\", b"u", b"00", b"D8", b"DC", b"e9",
+    b"1", b"0", b"-", b".", b"e", b"E", b"+", b"a", b"true", b"null", b" ", b"\n", b"\r",
+    b"\t", b"\x00", b"\x01", b"\x7f", b"\xff", b"\xfe", b"\xc3", b"\xa9", b"\xc0\x80",
+    b"\xf0\x9f\x98\x80", b"\xef\xbf\xbf", b"@", b'"execute"', b'"id"', b'"query-name"',
+]  # fmt: skip
+
+
+def test_random_junk(qemu: RealQEMU) -> None:
+    rng = random.Random(7203)
+    checked = 0
+    for _ in range(400):
+        data = b"".join(rng.choice(_PIECES) for _ in range(rng.randrange(1, 40)))
+        # Close whatever is left open so that the sentinel gets its own reply.
+        data += b"\"'\n" + b"]}" * 20 + b"\n"
+        expected = predict(data)
+        if expected is None:
+            continue
+        assert qemu.session(data) == expected, data
+        checked += 1
+    assert checked > 300
