@@ -79,6 +79,17 @@ def monitor_specs(config: VMConfig) -> list[SocketSpec]:
     return specs
 
 
+def smp_cpus(smp: str | None) -> int:
+    """The CPU count of ``-smp N`` / ``-smp cpus=N,...`` (1 when absent)."""
+    if not smp:
+        return 1
+    for part in smp.split(","):
+        key, _, value = part.rpartition("=")
+        if key in ("", "cpus") and value.isdigit():
+            return max(1, int(value))
+    return 1
+
+
 def machine_options(config: VMConfig) -> MachineOptions:
     options = MachineOptions(
         machine_type=config.machine.type,
@@ -87,6 +98,7 @@ def machine_options(config: VMConfig) -> MachineOptions:
         incoming=config.incoming.uri if config.incoming is not None else None,
         globals=[(g.driver, g.property, g.value) for g in config.globals],
         prog_name=config.prog_name,
+        cpus=0 if config.machine.type == "none" else smp_cpus(config.smp),
     )
     if config.uuid is not None:
         options.uuid = config.uuid

@@ -45,6 +45,7 @@ class MachineOptions:
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)
     prog_name: str = "migemu"
+    cpus: int = 0  # -machine none has no CPU; pc/q35 have -smp's count (1 by default)
 
 
 class Machine:

@@ -164,6 +164,16 @@ class Placeholders:
 # --- comparison ---------------------------------------------------------------------------
 
 
+# The one difference migemu shows on purpose: its package string names migemu (greeting,
+# query-version, HMP ``info version``). Replays map it to what the recording's QEMU said.
+QEMU_PACKAGE = "Debian 1:7.2+dfsg-7+deb12u18+b3"
+
+
+def as_recorded_package(text: str, package: str) -> str:
+    """``text`` with ``package`` (the binary's own) replaced by the recorded QEMU's."""
+    return text.replace(package, QEMU_PACKAGE)
+
+
 def mask_timestamps(raw: str) -> str:
     """Hide the values of every event timestamp, keeping its text shape and position."""
     return _TIMESTAMP_RE.sub(TIMESTAMP_MASK, raw)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from migemu.emulator.machine import PACKAGE
 from migemu.tools import transcript as tr
 from migemu.tools.record import MonitorSocket
 
@@ -111,7 +112,7 @@ class Replay:
                 raise self.fail(index, mon, f"no reply; expected {entry['raw']!r}") from None
             if line is None:
                 raise self.fail(index, mon, f"EOF; expected {entry['raw']!r}")
-            actual = self.ph.unsubstitute(line)
+            actual = tr.as_recorded_package(self.ph.unsubstitute(line), PACKAGE)
             # QEMU's start-up race (see tr.NOTE_EARLY_EVENT): tolerated, never required.
             if not (tr.is_greeting(entry["raw"]) and tr.is_event(actual)):
                 break

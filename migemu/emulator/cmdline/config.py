@@ -146,6 +146,7 @@ class VMConfig:
     guest: GuestWorkload = field(default_factory=GuestWorkload)
     dashboard: tuple[str, int] | None = None  # migemu-only -dashboard HOST:PORT
     warnings: tuple[str, ...] = ()  # full stderr lines QEMU would print and go on
+    warning_timestamps: tuple[bool, ...] = ()  # per warning: printed after -msg timestamp=on
 
     def memory_backend(self) -> MemoryBackendConfig | None:
         """The backend named by -machine memory-backend=, if any."""

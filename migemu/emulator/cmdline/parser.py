@@ -17,7 +17,8 @@ import os
 import re
 import uuid as uuid_mod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
 from .config import (
     MIB,
@@ -76,10 +77,31 @@ class CmdlineError(CmdlineExit):
         super().__init__(message, exit_code)
         self.message = message
         self.warnings: tuple[str, ...] = ()  # what QEMU would have printed before the error
+        # Which of (*warnings, message) come after "-msg timestamp=on" (see stamp_lines).
+        self.timestamped: tuple[bool, ...] = ()
+        self.prog = message.split(": ", 1)[0]
 
-    def stderr_text(self) -> str:
-        """Everything QEMU prints on stderr for this line, warnings first."""
-        return "\n".join((*self.warnings, self.message))
+    def stderr_text(self, now: datetime | None = None) -> str:
+        """Everything QEMU prints on stderr for this line, warnings first.
+
+        With `now`, lines QEMU would timestamp (-msg timestamp=on) get the timestamp.
+        """
+        entries = (*self.warnings, self.message)
+        stamps = self.timestamped or (False,) * len(entries)
+        return "\n".join(
+            stamp_lines(text, self.prog, now if stamped else None)
+            for text, stamped in zip(entries, stamps, strict=True)
+        )
+
+
+def stamp_lines(text: str, prog: str, now: datetime | None) -> str:
+    """QEMU's -msg timestamp=on: each "prog: ..." line starts with an ISO-8601 UTC time."""
+    if now is None:
+        return text
+    stamp = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
+    return "\n".join(
+        stamp + line if line.startswith(f"{prog}: ") else line for line in text.split("\n")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +263,14 @@ class _Builder:
     disk_images: list[str] = field(default_factory=list)
     guest: GuestWorkload = field(default_factory=GuestWorkload)
     warnings: list[str] = field(default_factory=list)
+    stamped: list[bool] = field(default_factory=list)  # per warning: after -msg timestamp=on
+
+    def timestamps_on(self) -> bool:
+        return bool(self.values.get("msg_timestamp"))
+
+    def add_warning(self, text: str) -> None:
+        self.warnings.append(text)
+        self.stamped.append(self.timestamps_on())
 
     def fail(self, message: str, loc: _Loc | None = None) -> CmdlineError:
         where = f"{loc.text}: " if loc is not None else ""
@@ -248,7 +278,7 @@ class _Builder:
 
     def warn(self, message: str, loc: _Loc | None = None) -> None:
         where = f"{loc.text}: " if loc is not None else ""
-        self.warnings.append(f"{self.prog}: {where}{message}")
+        self.add_warning(f"{self.prog}: {where}{message}")
 
     def split(
         self, text: str, loc: _Loc, implied: str | None, keyval: bool = False, warn: bool = True
@@ -529,15 +559,20 @@ def _opt_serial(b: _Builder, arg: str, loc: _Loc) -> None:
         b.serials.append((SerialConfig(arg, arg[8:]), loc))
         return
     chardev_id = f"serial{b.serial_count}"
-    chardev = _legacy_chardev(b, arg, chardev_id, loc)
+    muxed = arg.startswith("mon:")
+    chardev = _legacy_chardev(b, arg[4:] if muxed else arg, chardev_id, loc)
     if chardev is None:
         raise CmdlineError(
             f"{b.prog}: {loc.text}: '{arg}' is not a valid char driver\n"
             f"{b.prog}: {loc.text}: could not connect serial device to character backend '{arg}'"
         )
     b.serial_count += 1
+    if muxed:  # "mon:DEV": the serial port and an HMP monitor share DEV
+        chardev = replace(chardev, options=(*chardev.options, ("mux", "on")))
     _add_chardev(b, chardev, loc)
     b.serials.append((SerialConfig(arg, chardev_id), loc))
+    if muxed:
+        b.monitors.append((MonitorConfig(chardev_id, "readline", False), loc))
 
 
 def _opt_incoming(b: _Builder, arg: str, loc: _Loc) -> None:
@@ -845,16 +880,22 @@ def parse_command_line(
         try:
             spec.handler(b, arg if arg is not None else "", loc)
         except CmdlineError as err:
-            err.warnings = tuple(b.warnings)
+            _attach(err, b)
             raise
     try:
         return _finish(b, check_global)
     except CmdlineError as err:
-        err.warnings = tuple(b.warnings)
+        _attach(err, b)
         raise
 
 
 GlobalCheck = Callable[[GlobalProperty], str | None]
+
+
+def _attach(err: CmdlineError, b: _Builder) -> None:
+    err.warnings = tuple(b.warnings)
+    err.timestamped = (*b.stamped, b.timestamps_on())
+    err.prog = b.prog
 
 
 def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
@@ -909,6 +950,7 @@ def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
         disk_images=tuple(b.disk_images),
         guest=b.guest,
         warnings=tuple(b.warnings),
+        warning_timestamps=tuple(b.stamped),
         qmp_pretty=any(m.pretty for m, _ in b.monitors),
         **b.values,  # type: ignore[arg-type]
     )
@@ -991,7 +1033,8 @@ def _check_accels(b: _Builder, machine: MachineConfig) -> str:
         if accel.name not in ACCELS:
             failed.append(b.fail(f"invalid accelerator {accel.name}", loc).message)
             continue
-        b.warnings.extend(failed)
+        for text in failed:
+            b.add_warning(text)
         for key, value in accel.properties:
             if key not in _ACCEL_PROPS[accel.name]:
                 raise b.fail(f"Property '{accel.name}-accel.{key}' not found", loc)
@@ -1046,6 +1089,9 @@ def _check_backends(b: _Builder) -> None:
     for backend, _loc in b.backends:
         if backend.size == 0:
             raise b.fail(f"property 'size' of {backend.qom_type} doesn't take value '0'")
+        props = dict(backend.properties)
+        if props.get("policy", "default") != "default" and "host-nodes" not in props:
+            raise b.fail(f"host-nodes must be set for policy {props['policy']}")
 
 
 def _check_chardevs(b: _Builder) -> None:

@@ -42,6 +42,9 @@ from migemu.multifd.sync import RecvSync
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
+# QEMU 7.2 waits forever for multifd channels the source never opens; migemu gives up.
+CHANNEL_TIMEOUT_S = 10.0
+NOT_MULTIFD = "multifd is not enabled on this side, but the source opened a multifd channel"
 WAIT_SLICE_S = 0.05
 ZERO_PAGE = bytes(PAGE_SIZE)
 
@@ -160,10 +163,12 @@ class IncomingMigration:
         self.on_finish = on_finish
         self.latch = ErrorLatch()
         self.latch.register(listener.close)
-        self.multifd = ctx.settings.capability("multifd")
+        # Channel settings are read when the source connects: until then a client may still
+        # change them (as with QEMU, which reads them when the channels arrive).
+        self.multifd = False
+        self.barrier = _Barrier(0, self.latch)
         self.channels: list[RecvChannel] = []
         self.main: Link | None = None
-        self.barrier = _Barrier(ctx.settings.get("multifd-channels"), self.latch)
         self.source_runstate: str | None = None
         self.error: str | None = None
         self.thread = threading.Thread(target=self._run, name="migration_incoming", daemon=True)
@@ -199,14 +204,21 @@ class IncomingMigration:
 
     def _accept_all(self) -> None:
         self.main = self.listener.accept(self.latch, "main")
+        self.multifd = self.ctx.settings.capability("multifd")
         if not self.multifd:
             return
         wanted = self.ctx.settings.get("multifd-channels")
+        self.barrier = _Barrier(wanted, self.latch)
         blocks = {b.name: b.size for b in self.ctx.ram.blocks}
         method = self.ctx.settings.get("multifd-compression")
         taken: set[int] = set()
         accepted = 0
         while len(taken) < wanted:
+            if not self.listener.wait_pending(CHANNEL_TIMEOUT_S):
+                raise ProtocolError(
+                    f"multifd: the source opened {len(taken)} of {wanted} channels "
+                    f"within {CHANNEL_TIMEOUT_S:g} s (are multifd-channels the same on both sides?)"
+                )
             link = self.listener.accept(self.latch, f"multifd{accepted}")
             decoder = ChannelDecoder(method, blocks)
             greeting = self._read_greeting(link, decoder, accepted)
@@ -219,9 +231,27 @@ class IncomingMigration:
             accepted += 1
             channel = RecvChannel(self, link, decoder, cid)
             self.channels.append(channel)
-        self.listener.close()
         for channel in self.channels:
             channel.thread.start()
+
+    def _check_no_extra_channel(self) -> None:
+        """At a RAM EOS every channel of the source is connected (its first sync needed
+        them): a connection still waiting now is one channel too many -- or a multifd
+        channel while multifd is off here. QEMU 7.2 overruns an array or asserts; we fail."""
+        if not self.listener.wait_pending(0):
+            return
+        wanted = self.ctx.settings.get("multifd-channels")
+        if not self.multifd:
+            raise ProtocolError(NOT_MULTIFD)
+        link = self.listener.accept(self.latch, "extra")
+        decoder = ChannelDecoder(self.ctx.settings.get("multifd-compression"), {})
+        greeting = self._read_greeting(link, decoder, wanted)
+        taken = {c.id for c in self.channels}
+        try:
+            check_init(greeting, channels=wanted, local_uuid=self.ctx.uuid, taken=taken)
+        except ProtocolError as err:
+            raise ProtocolError(INIT_ERROR_PREFIX.format(wanted) + err.desc) from err
+        raise ProtocolError(INIT_ERROR_PREFIX.format(wanted) + "one channel too many")
 
     def _read_greeting(self, link: Link, decoder: ChannelDecoder, index: int) -> MultiFDInit:
         buf = bytearray(64)
@@ -267,6 +297,7 @@ class IncomingMigration:
             assert block is not None
             block.mem[record.offset : record.offset + PAGE_SIZE] = record.data
         elif isinstance(record, RamEOS):
+            self._check_no_extra_channel()
             if self.multifd:
                 self.barrier.main_eos()
         elif isinstance(record, GlobalState):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from migemu.emulator.migration.info import inet_socket_address, unix_socket_address
 from migemu.emulator.migration.uri import MigrationAddress
 from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken
 
@@ -295,15 +297,25 @@ class Listener:
         sock.listen(16)
         self.sock = sock
         self._closed = False
+        if address.kind == "unix":
+            self._socket_address = unix_socket_address(address.path)
+        else:
+            host, port = sock.getsockname()[:2]
+            self._socket_address = inet_socket_address(
+                host, port, ipv6=sock.family == socket.AF_INET6
+            )
 
     def socket_address(self) -> dict[str, object]:
-        """The listener as query-migrate's ``socket-address`` entry shows it."""
-        from migemu.emulator.migration.info import inet_socket_address, unix_socket_address
+        """The listener as query-migrate's ``socket-address`` entry shows it (also after
+        it stopped accepting: QEMU keeps the list until the migration completes)."""
+        return dict(self._socket_address)
 
-        if self.address.kind == "unix":
-            return unix_socket_address(self.address.path)
-        host, port = self.sock.getsockname()[:2]
-        return inet_socket_address(host, port, ipv6=self.sock.family == socket.AF_INET6)
+    def wait_pending(self, timeout_s: float) -> bool:
+        """Whether a connection is waiting to be accepted (within ``timeout_s``)."""
+        if self._closed:
+            return False
+        ready, _, _ = select.select([self.sock], [], [], timeout_s)
+        return bool(ready)
 
     def accept(self, latch: ErrorLatch, name: str) -> Link:
         latch.check()

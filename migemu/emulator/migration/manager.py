@@ -60,10 +60,7 @@ class MigrationManager:
         )
 
     def incoming_running(self) -> bool:
-        return self.incoming is not None and self.destination.status in (
-            MigrationStatus.NONE,
-            MigrationStatus.ACTIVE,
-        )
+        return self.incoming is not None and self.destination.status is MigrationStatus.ACTIVE
 
     # -- source -----------------------------------------------------------------------------
 
@@ -85,7 +82,6 @@ class MigrationManager:
             self.source.handle(MigrationEvent.ERROR)
             raise QMPError(err.desc) from err
         except UriError as err:
-            self.report(f"{machine.prog_name}: {err.desc}")
             self.source.fail(err.desc)
             raise QMPError(err.desc) from err
         ctx = OutgoingContext(

@@ -310,10 +310,18 @@ def _parse_c_uint64(text: str) -> int | None:
     return (-value) % 2**64 if m.group(1) == "-" else value
 
 
+class _OutOfRange(Exception):
+    pass
+
+
 def _parse_size(text: str) -> int | None:
-    """qemu_strtosz: a byte count with an optional fraction and binary-unit suffix."""
+    """qemu_strtosz: a byte count with an optional fraction and binary-unit suffix.
+
+    None if malformed; ``_OutOfRange`` if it does not fit 64 bits. (QEMU also warns that a
+    suffix on a hex number is deprecated; migemu accepts it silently.)
+    """
     m = re.fullmatch(
-        r"[ \t\n\v\f\r]*(0[xX][0-9a-fA-F]+|[0-9]+)(\.[0-9]*)?([bBkKmMgGtTpPeE]?)", text
+        r"[ \t\n\v\f\r]*\+?(0[xX][0-9a-fA-F]+|[0-9]+)(\.[0-9]*)?([bBkKmMgGtTpPeE]?)", text
     )
     if m is None:
         return None
@@ -328,7 +336,9 @@ def _parse_size(text: str) -> int | None:
     if fraction and fraction != "." and shift == 0:
         return None  # a fraction needs a unit larger than bytes
     total = (value << shift) + int(float("0" + (fraction or "")) * (1 << shift))
-    return total if total < 2**64 else None
+    if total >= 2**64:
+        raise _OutOfRange
+    return total
 
 
 def parse_global_value(prop: MigrationProperty, text: str) -> Any:
@@ -347,7 +357,10 @@ def parse_global_value(prop: MigrationProperty, text: str) -> Any:
             return text
         raise QMPError(f"Parameter '{name}' does not accept value '{text}'")
     if prop.type == "size":
-        value = _parse_size(text)
+        try:
+            value = _parse_size(text)
+        except _OutOfRange:
+            raise QMPError(f"Value '{text}' is out of range for parameter '{name}'") from None
         if value is None:
             raise QMPError(
                 f"Parameter '{name}' expects a non-negative number below 2^64\n{SIZE_HINT}"
