@@ -249,6 +249,14 @@ def test_tls_null_stored_as_empty_string():
         ("multifd-channels", " 4", 4),
         ("x-max-bandwidth", "1k", 1024),
         ("xbzrle-cache-size", "1.5M", 1572864),
+        ("max-postcopy-bandwidth", "+5", 5),
+        ("max-postcopy-bandwidth", "1.", 1),
+        ("max-postcopy-bandwidth", "010", 10),
+        ("max-postcopy-bandwidth", "1e", 2**60),
+        ("max-postcopy-bandwidth", "0.5k", 512),
+        ("max-postcopy-bandwidth", "15.9E", 18331451923248866944),
+        ("x-downtime-limit", "+5", 5),
+        ("x-downtime-limit", "0X10", 16),
         ("x-downtime-limit", "-1", 2**64 - 1),
         ("x-cpu-throttle-tailslow", "y", True),
         ("multifd-compression", "zstd", "zstd"),
@@ -261,6 +269,7 @@ def test_global_values(prop, text, expected):
 
 
 SIZE_ERR = "Parameter '{}' expects a non-negative number below 2^64\n" + p.SIZE_HINT
+RANGE_ERR = "Value '{}' is out of range for parameter '{}'"
 GLOBAL_ERRORS = [
     ("multifd-zlib-level", "abc", "Parameter 'multifd-zlib-level' expects uint64"),
     ("multifd-zlib-level", "300", "Parameter 'multifd-zlib-level' expects uint8_t"),
@@ -275,6 +284,13 @@ GLOBAL_ERRORS = [
     ("downtime-limit", "1", "Property 'migration.downtime-limit' not found"),
     ("max-bandwidth", "1k", "Property 'migration.max-bandwidth' not found"),
     ("foo", "1", "Property 'migration.foo' not found"),
+    ("max-postcopy-bandwidth", "16E", RANGE_ERR.format("16E", "max-postcopy-bandwidth")),
+    ("announce-max", str(2**64), RANGE_ERR.format(2**64, "announce-max")),
+    ("max-postcopy-bandwidth", "1.5", SIZE_ERR.format("max-postcopy-bandwidth")),
+    ("max-postcopy-bandwidth", "1kB", SIZE_ERR.format("max-postcopy-bandwidth")),
+    ("max-postcopy-bandwidth", "-0", SIZE_ERR.format("max-postcopy-bandwidth")),
+    ("max-postcopy-bandwidth", ".5k", SIZE_ERR.format("max-postcopy-bandwidth")),
+    ("x-downtime-limit", "18446744073709551616", "Parameter 'x-downtime-limit' expects uint64"),
     ("multifd", "on", "Property 'migration.multifd' not found"),
     ("store-global-state", "maybe", "Parameter 'store-global-state' expects 'on' or 'off'"),
     ("x-clear-bitmap-shift", "256", "Parameter 'x-clear-bitmap-shift' expects uint8_t"),
@@ -312,6 +328,8 @@ STARTUP_CASES = [
     [("x-multifd", "on"), ("x-events", "yes"), ("store-global-state", "off")],
     [("x-background-snapshot", "on"), ("x-block", "on"), ("x-return-path", "on")],
     [("x-postcopy-preempt", "on")],
+    [("max-postcopy-bandwidth", "+5"), ("announce-max", "1."), ("x-downtime-limit", "0X10")],
+    [("max-postcopy-bandwidth", "15.9E"), ("xbzrle-cache-size", "0.5M")],
     *[[(prop, text)] for prop, text, _ in GLOBAL_ERRORS],
 ]
 
