@@ -381,3 +381,46 @@ def test_return_path_messages() -> None:
     assert info.value.desc == "RP: Received invalid message 0x0002 length 0x0003"
     with pytest.raises(ProtocolError):
         ReturnPathDecoder().feed(bytes.fromhex("00090000"))
+
+
+def test_pause_at_eos() -> None:
+    data = good_stream()
+    decoder = MainStreamDecoder(ram_blocks=BLOCKS, pause_at_eos=True)
+    batches = [decoder.feed(data)]
+    while decoder.paused:
+        assert isinstance(batches[-1][-1], RamEOS)
+        assert decoder.feed(b"") == []
+        decoder.release()
+        batches.append(decoder.feed(b""))
+    assert len(batches) == 4  # three EOS, then the rest
+    assert [r for batch in batches for r in batch] == decode(data, ram_blocks=BLOCKS)
+    assert decoder.done
+
+
+def test_eof_while_paused_defers_the_verdict() -> None:
+    data = good_stream()
+    decoder = MainStreamDecoder(ram_blocks=BLOCKS, pause_at_eos=True)
+    records = decoder.feed(data) + decoder.feed_eof()
+    while decoder.paused:
+        decoder.release()
+        records += decoder.feed(b"")
+    assert records == decode(data, ram_blocks=BLOCKS)
+    truncated = MainStreamDecoder(ram_blocks=BLOCKS, pause_at_eos=True)
+    truncated.feed(data[:-600])
+    truncated.feed_eof()
+    with pytest.raises(PeerBroken):
+        while True:
+            truncated.release()
+            truncated.feed(b"")
+
+
+def test_missing_vmdescription_at_eof_after_pause() -> None:
+    enc = MainStreamEncoder()
+    data = enc.header() + enc.ram_start([("mem0", 4 * MIB)]) + enc.eof()
+    decoder = MainStreamDecoder(ram_blocks=BLOCKS, pause_at_eos=True)
+    decoder.feed(data)
+    assert decoder.feed_eof() == []
+    decoder.release()
+    assert decoder.feed(b"")[-2:] == [VMEOF(), VMDescription(None, 0)]
+    with pytest.raises(RuntimeError):
+        decoder.feed(b"x")

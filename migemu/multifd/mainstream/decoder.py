@@ -128,8 +128,12 @@ class MainStreamDecoder:
         machine: str = "none",
         ram_blocks: Mapping[str, int] | None = None,
         sections: Iterable[SectionSpec] = QEMU_SECTIONS,
+        pause_at_eos: bool = False,
     ) -> None:
         self.machine = machine
+        self._pause_at_eos = pause_at_eos
+        self._paused = False
+        self._eof = False
         self.ram_blocks: dict[str, int] | None = None if ram_blocks is None else dict(ram_blocks)
         self._local_blocks = ram_blocks is not None
         self._handlers = [_Handler(spec) for spec in sections]
@@ -156,6 +160,8 @@ class MainStreamDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Record]:
         if self._error is not None:
             raise type(self._error)(self._error.desc)
+        if data and self._eof:
+            raise RuntimeError("feed() after feed_eof()")
         if self._state is _State.DONE:
             return []  # QEMU stops reading after the VMDESCRIPTION; the rest is ignored
         if data:
@@ -163,6 +169,8 @@ class MainStreamDecoder:
         records: list[Record] = []
         try:
             self._parse(records)
+            if self._eof and not self._paused:
+                self._finish_eof(records)
         except MultiFDError as err:
             self._error = err
             self._buf = bytearray()
@@ -174,22 +182,35 @@ class MainStreamDecoder:
         return records
 
     def feed_eof(self) -> list[Record]:
-        """The connection ended. Right after EOF that is a missing VMDESCRIPTION (accepted,
-        ``VMDescription(None, got=0)``); anywhere else it is ``PeerBroken``."""
+        """The connection ended; returns the records still buffered. Right after EOF that is
+        a missing VMDESCRIPTION (accepted: ``VMDescription(None, got=0)``); anywhere else
+        ``PeerBroken``. While paused at an EOS the verdict waits for ``release()`` and the
+        next ``feed(b"")``."""
         if self._error is not None:
             raise type(self._error)(self._error.desc)
+        self._eof = True
+        return self.feed(b"")
+
+    def _finish_eof(self, records: list[Record]) -> None:
         if self._state is _State.DONE:
-            return []
+            return
         if self._state is _State.AFTER_EOF and self._pos == len(self._buf):
             self._state = _State.DONE
-            return [VMDescription(None, 0)]
-        self._error = PeerBroken(_EIO)
+            records.append(VMDescription(None, 0))
+            return
         raise PeerBroken(_EIO)
 
-    # ------------------------------------------------------------ parsing loop
+    @property
+    def paused(self) -> bool:
+        """With ``pause_at_eos``: True after a RamEOS record until ``release()``."""
+        return self._paused
+
+    def release(self) -> None:
+        """Every channel's SYNC for the last EOS has arrived: go on (``feed(b"")``)."""
+        self._paused = False
 
     def _parse(self, records: list[Record]) -> None:
-        while True:
+        while not self._paused:
             reader = Reader(self._buf, self._pos)
             state = self._state
             try:
@@ -448,6 +469,7 @@ class MainStreamDecoder:
                     append(RamPage(block, addr, r.take(PAGE_SIZE)))
             elif kind == RAM_FLAG_EOS:
                 append(RamEOS())
+                self._paused = self._pause_at_eos
                 self._state = _State.FOOTER
                 self._pos = r.pos
                 return
