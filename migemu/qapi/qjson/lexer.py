@@ -84,28 +84,28 @@ _LOWER: Final = re.compile(rb"[a-z]*")
 _RECOVERY_SKIP: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f,:\[\]{}\xfe\xff]*")
 
 
-class _State(IntEnum):
-    START = 0
-    RECOVERY = 1
-    DQ_STRING = 2
-    SQ_STRING = 3
-    KEYWORD = 4
-    # number states, named after what was read last
-    SIGN = 10
-    ZERO = 11
-    INT = 12
-    DOT = 13
-    FRAC = 14
-    EXP_E = 15
-    EXP_SIGN = 16
-    EXP = 17
+# Lexer states (plain ints: this is the hot path). The number states are named after what
+# was read last.
+_START: Final = 0
+_RECOVERY: Final = 1
+_DQ_STRING: Final = 2
+_SQ_STRING: Final = 3
+_KEYWORD: Final = 4
+_SIGN: Final = 10
+_ZERO: Final = 11
+_INT: Final = 12
+_DOT: Final = 13
+_FRAC: Final = 14
+_EXP_E: Final = 15
+_EXP_SIGN: Final = 16
+_EXP: Final = 17
 
 
 _NUMBER_FINAL: Final = {
-    _State.ZERO: TokenKind.INTEGER,
-    _State.INT: TokenKind.INTEGER,
-    _State.FRAC: TokenKind.FLOAT,
-    _State.EXP: TokenKind.FLOAT,
+    _ZERO: TokenKind.INTEGER,
+    _INT: TokenKind.INTEGER,
+    _FRAC: TokenKind.FLOAT,
+    _EXP: TokenKind.FLOAT,
 }
 _D0, _D9 = ord("0"), ord("9")
 
@@ -117,7 +117,7 @@ class JSONLexer:
         self._buf = bytearray()
         self._pos = 0  # next byte to look at
         self._start = 0  # first byte of the pending token
-        self._state = _State.START
+        self._state: int = _START
 
     def reset(self) -> None:
         """Forget everything, as QEMU does when the client disconnects."""
@@ -138,17 +138,17 @@ class JSONLexer:
         """End of input: finish or reject the pending token (QEMU's ``json_lexer_flush``)."""
         out: list[Token] = []
         state = self._state
-        if state >= _State.SIGN:
+        if state >= _SIGN:
             kind = _NUMBER_FINAL.get(state)
             text = bytes(self._buf[self._start : self._pos])
             out.append((kind, text) if kind is not None else (TokenKind.ERROR, text))
-        elif state == _State.KEYWORD:
+        elif state == _KEYWORD:
             out.append((TokenKind.KEYWORD, bytes(self._buf[self._start : self._pos])))
-        elif state in (_State.DQ_STRING, _State.SQ_STRING):
+        elif state in (_DQ_STRING, _SQ_STRING):
             out.append((TokenKind.ERROR, bytes(self._buf[self._start :])))
         self._buf.clear()
         self._pos = self._start = 0
-        self._state = _State.START
+        self._state = _START
         return out
 
     # -- the machine ------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class JSONLexer:
         fast = _FAST.match
         append = out.append
         while pos < n:
-            if state == _State.START:
+            if state == _START:
                 m = fast(buf, pos)
                 if m is not None:
                     group = m.lastindex
@@ -180,29 +180,29 @@ class JSONLexer:
                 c = buf[pos]
                 self._start = pos
                 if c == 0x22:
-                    state = _State.DQ_STRING
+                    state = _DQ_STRING
                 elif c == 0x27:
-                    state = _State.SQ_STRING
+                    state = _SQ_STRING
                 elif c == 0x2D:
-                    state = _State.SIGN
+                    state = _SIGN
                 elif c == 0x30:
-                    state = _State.ZERO
+                    state = _ZERO
                 elif _D0 < c <= _D9:
-                    state = _State.INT
+                    state = _INT
                 elif 0x61 <= c <= 0x7A:
-                    state = _State.KEYWORD
+                    state = _KEYWORD
                 else:
                     append((TokenKind.ERROR, bytes(buf[pos : pos + 1])))
                     pos += 1
-                    state = _State.RECOVERY
+                    state = _RECOVERY
                     continue
                 pos += 1
-            elif state == _State.RECOVERY:
+            elif state == _RECOVERY:
                 pos = _RECOVERY_SKIP.match(buf, pos).end()  # type: ignore[union-attr]
                 if pos < n:
-                    state = _State.START
-            elif state == _State.DQ_STRING or state == _State.SQ_STRING:
-                body = _DQ_BODY if state == _State.DQ_STRING else _SQ_BODY
+                    state = _START
+            elif state == _DQ_STRING or state == _SQ_STRING:
+                body = _DQ_BODY if state == _DQ_STRING else _SQ_BODY
                 end = body.match(buf, pos).end()  # type: ignore[union-attr]
                 if end == n or (buf[end] == 0x5C and end + 1 == n):
                     pos = end  # wait for the rest (a lone backslash is re-read with it)
@@ -212,88 +212,88 @@ class JSONLexer:
                 last = end if buf[end] != 0x5C else end + 1
                 if last - self._start > MAX_TOKEN_SIZE:
                     pos = self._cut(out, self._start)
-                    state = _State.START
+                    state = _START
                     continue
-                quote = 0x22 if state == _State.DQ_STRING else 0x27
+                quote = 0x22 if state == _DQ_STRING else 0x27
                 if buf[end] == quote:
                     append((TokenKind.STRING, bytes(buf[self._start : end + 1])))
-                    state = _State.START
+                    state = _START
                 else:
                     append((TokenKind.ERROR, bytes(buf[self._start : last + 1])))
-                    state = _State.RECOVERY
+                    state = _RECOVERY
                 pos = last + 1
-            elif state == _State.KEYWORD:
+            elif state == _KEYWORD:
                 end = _LOWER.match(buf, pos).end()  # type: ignore[union-attr]
                 if end - self._start > MAX_TOKEN_SIZE:
                     pos = self._cut(out, self._start)
-                    state = _State.START
+                    state = _START
                     continue
                 pos = end
                 if end == n:
                     break
                 append((TokenKind.KEYWORD, bytes(buf[self._start : end])))
-                state = _State.START
+                state = _START
             else:
                 pos, state = self._number(out, pos, state)
         self._pos = pos
         self._state = state
-        if state in (_State.START, _State.RECOVERY):
+        if state in (_START, _RECOVERY):
             self._start = pos
         elif n - self._start > MAX_TOKEN_SIZE:
             self._pos = self._cut(out, self._start)
-            self._state = _State.START
+            self._state = _START
             self._run(out)
 
-    def _number(self, out: list[Token], pos: int, state: _State) -> tuple[int, _State]:
+    def _number(self, out: list[Token], pos: int, state: int) -> tuple[int, int]:
         """Advance a number by one step; returns the new position and state."""
         buf = self._buf
         n = len(buf)
-        if state in (_State.INT, _State.FRAC, _State.EXP):
+        if state in (_INT, _FRAC, _EXP):
             pos = _DIGITS.match(buf, pos).end()  # type: ignore[union-attr]
             if pos - self._start > MAX_TOKEN_SIZE:
-                return self._cut(out, self._start), _State.START
+                return self._cut(out, self._start), _START
             if pos == n:
                 return pos, state
         c = buf[pos]
         digit = _D0 <= c <= _D9
-        nxt: _State | None = None
-        if state == _State.SIGN:
-            nxt = _State.ZERO if c == _D0 else _State.INT if digit else None
-        elif state == _State.ZERO:
+        nxt: int | None = None
+        if state == _SIGN:
+            nxt = _ZERO if c == _D0 else _INT if digit else None
+        elif state == _ZERO:
             if c == 0x2E:
-                nxt = _State.DOT
+                nxt = _DOT
             elif not digit:
                 return self._number_end(out, pos, TokenKind.INTEGER)
-        elif state == _State.INT:
+        elif state == _INT:
             if c == 0x2E:
-                nxt = _State.DOT
+                nxt = _DOT
             elif c in (0x65, 0x45):
-                nxt = _State.EXP_E
+                nxt = _EXP_E
             else:
                 return self._number_end(out, pos, TokenKind.INTEGER)
-        elif state == _State.DOT:
-            nxt = _State.FRAC if digit else None
-        elif state == _State.FRAC:
+        elif state == _DOT:
+            nxt = _FRAC if digit else None
+        elif state == _FRAC:
             if c in (0x65, 0x45):
-                nxt = _State.EXP_E
+                nxt = _EXP_E
             else:
                 return self._number_end(out, pos, TokenKind.FLOAT)
-        elif state == _State.EXP_E:
-            nxt = _State.EXP if digit else _State.EXP_SIGN if c in (0x2B, 0x2D) else None
-        elif state == _State.EXP_SIGN:
-            nxt = _State.EXP if digit else None
+        elif state == _EXP_E:
+            nxt = _EXP if digit else _EXP_SIGN if c in (0x2B, 0x2D) else None
+        elif state == _EXP_SIGN:
+            nxt = _EXP if digit else None
         else:  # EXP, not followed by a digit
             return self._number_end(out, pos, TokenKind.FLOAT)
         if nxt is None:
             out.append((TokenKind.ERROR, bytes(buf[self._start : pos + 1])))
-            return pos + 1, _State.RECOVERY
+            return pos + 1, _RECOVERY
         if pos + 1 - self._start > MAX_TOKEN_SIZE:
-            return self._cut(out, self._start), _State.START
+            return self._cut(out, self._start), _START
         return pos + 1, nxt
 
-    def _number_end(self, out: list[Token], pos: int, kind: TokenKind) -> tuple[int, _State]:
+    def _number_end(self, out: list[Token], pos: int, kind: TokenKind) -> tuple[int, int]:
         out.append((kind, bytes(self._buf[self._start : pos])))
-        return pos, _State.START
+        return pos, _START
 
     def _cut(self, out: list[Token], start: int) -> int:
         """QEMU hands a pending token over once it holds MAX_TOKEN_SIZE + 1 bytes."""

@@ -47,6 +47,21 @@ class _Fail(Exception):
     """Internal: the parser's first error; the message lacks the common prefix."""
 
 
+# Plain-int aliases: attribute access on an Enum class is slow on the hot path.
+_LCURLY: Final = int(TokenKind.LCURLY)
+_RCURLY: Final = int(TokenKind.RCURLY)
+_LSQUARE: Final = int(TokenKind.LSQUARE)
+_RSQUARE: Final = int(TokenKind.RSQUARE)
+_COMMA: Final = int(TokenKind.COMMA)
+_COLON: Final = int(TokenKind.COLON)
+_INTEGER: Final = int(TokenKind.INTEGER)
+_FLOAT: Final = int(TokenKind.FLOAT)
+_KEYWORD: Final = int(TokenKind.KEYWORD)
+_STRING: Final = int(TokenKind.STRING)
+_ERROR: Final = int(TokenKind.ERROR)
+_OVERSIZE: Final = int(TokenKind.OVERSIZE)
+
+
 # -- strings -------------------------------------------------------------------------------
 
 # Unicode noncharacters: QEMU's modified UTF-8 decoder refuses them like malformed input.
@@ -225,31 +240,31 @@ def parse_tokens(tokens: list[Token]) -> JSONValue:
         kind, text = tokens[i]
         i += 1
         value: JSONValue
-        if kind == TokenKind.STRING:
+        if kind == _STRING:
             value = _string_value(text)
-        elif kind == TokenKind.LCURLY:
+        elif kind == _LCURLY:
             if i == n:
                 raise _Fail("premature EOI")
-            if tokens[i][0] == TokenKind.RCURLY:
+            if tokens[i][0] == _RCURLY:
                 i += 1
                 value = {}
             else:
                 stack.append([_DICT_KEY, {}, None])
                 continue
-        elif kind == TokenKind.LSQUARE:
+        elif kind == _LSQUARE:
             if i == n:
                 raise _Fail("premature EOI")
-            if tokens[i][0] == TokenKind.RSQUARE:
+            if tokens[i][0] == _RSQUARE:
                 i += 1
                 value = []
             else:
                 stack.append([_LIST, [], None])
                 continue
-        elif kind == TokenKind.INTEGER:
+        elif kind == _INTEGER:
             value = _integer_value(text)
-        elif kind == TokenKind.FLOAT:
+        elif kind == _FLOAT:
             value = float(text)
-        elif kind == TokenKind.KEYWORD:
+        elif kind == _KEYWORD:
             if text not in _KEYWORDS:
                 raise _Fail(f"invalid keyword '{text.decode('ascii')}'")
             value = _KEYWORDS[text]
@@ -265,7 +280,7 @@ def parse_tokens(tokens: list[Token]) -> JSONValue:
                     raise _Fail("key is not a string in object")
                 if i == n:
                     raise _Fail("premature EOI")
-                if tokens[i][0] != TokenKind.COLON:
+                if tokens[i][0] != _COLON:
                     raise _Fail("missing : in object pair")
                 i += 1
                 frame[0] = _DICT_VALUE
@@ -280,13 +295,13 @@ def parse_tokens(tokens: list[Token]) -> JSONValue:
                 if key in container:
                     raise _Fail("duplicate key")
                 container[key] = value
-                close, separator_error = TokenKind.RCURLY, "expected separator in dict"
+                close, separator_error = _RCURLY, "expected separator in dict"
                 frame[0] = _DICT_KEY
             else:
                 container = frame[1]
                 assert isinstance(container, list)
                 container.append(value)
-                close, separator_error = TokenKind.RSQUARE, "expected separator in list"
+                close, separator_error = _RSQUARE, "expected separator in list"
             if i == n:
                 raise _Fail("premature EOI")
             next_kind = tokens[i][0]
@@ -295,7 +310,7 @@ def parse_tokens(tokens: list[Token]) -> JSONValue:
                 stack.pop()
                 value = container
                 continue
-            if next_kind != TokenKind.COMMA:
+            if next_kind != _COMMA:
                 raise _Fail(separator_error)
             break
 
@@ -356,19 +371,19 @@ class JSONStreamParser:
         for token in tokens:
             kind = token[0]
             error: str | None = None
-            if kind == TokenKind.ERROR:
+            if kind == _ERROR:
                 error = f"{_PREFIX}stray '{decode_lenient(token[1])}'"
-            elif kind == TokenKind.OVERSIZE:
+            elif kind == _OVERSIZE:
                 # The cut token alone is over the limit, so the size check would fire.
                 error = "JSON token size limit exceeded"
             else:
-                if kind == TokenKind.LCURLY:
+                if kind == _LCURLY:
                     braces += 1
-                elif kind == TokenKind.RCURLY:
+                elif kind == _RCURLY:
                     braces -= 1
-                elif kind == TokenKind.LSQUARE:
+                elif kind == _LSQUARE:
                     brackets += 1
-                elif kind == TokenKind.RSQUARE:
+                elif kind == _RSQUARE:
                     brackets -= 1
                 size = len(token[1])
                 if size_total + size + 1 > MAX_TOKEN_SIZE:
