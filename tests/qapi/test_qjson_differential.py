@@ -119,6 +119,13 @@ class RealQEMU:
             # The socket appears shortly after start; wait for it to become readable.
             select.select([], [], [], 0.01)
 
+    def send_and_hang_up(self, data: bytes) -> None:
+        sock = self._connect()
+        try:
+            sock.sendall(data)
+        finally:
+            sock.close()
+
     def session(self, data: bytes) -> list[bytes]:
         sock = self._connect()
         buf = b""
@@ -290,3 +297,18 @@ def test_random_junk(qemu: RealQEMU) -> None:
         assert qemu.session(data) == expected, data
         checked += 1
     assert checked > 300
+
+
+def test_partial_input_is_dropped_on_disconnect(qemu: RealQEMU) -> None:
+    for partial, after in [
+        (b'{"execute":"query-name", "id": "half', b'"}\n'),
+        (b"[1, 2", b"]\n"),
+        (b"12", b"\n"),
+    ]:
+        qemu.send_and_hang_up(partial)
+        parser = JSONStreamParser()
+        parser.feed(partial)
+        parser.reset()  # what the monitor does when the client goes away
+        expected = [predicted_reply(r) for r in parser.feed(after + SENTINEL)]
+        assert expected == predict(after)
+        assert qemu.session(after) == expected

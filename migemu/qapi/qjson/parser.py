@@ -197,7 +197,7 @@ def _string_value(token: bytes) -> str:
                 cp = -1
         if not _valid_codepoint(cp):
             # QEMU quotes what it read, but never past the end of the token.
-            shown = decode_lenient(token[j + 1 : j + 1 + end - j])
+            shown = decode_lenient(token[j + 1 : end + 1])
             raise _Fail(f"{shown} is not a valid Unicode character")
         parts.append(chr(cp))
         pos = end
