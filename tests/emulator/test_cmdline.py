@@ -353,6 +353,29 @@ def test_global_check_hook_runs_in_qemus_order() -> None:
     assert ok.globals[0].value == "4"
 
 
+def test_serial_mon_muxes_an_hmp_monitor() -> None:
+    config = parse("-serial", "mon:stdio")
+    (chardev,) = config.chardevs
+    assert chardev.backend == "stdio" and ("mux", "on") in chardev.options
+    assert config.serials[0].chardev == chardev.id
+    assert [(m.chardev, m.mode) for m in config.monitors] == [(chardev.id, "readline")]
+
+
+def test_msg_timestamp_marks_later_lines() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    with pytest.raises(CmdlineError) as info:
+        parse("-chardev", "null,id=c,mux", "-msg", "timestamp=on", "-m", "x")
+    text = info.value.stderr_text(now)
+    assert text.splitlines()[0].startswith(f"{PROG}: -chardev null,id=c,mux: warning")
+    assert text.splitlines()[-3] == (
+        f"2026-01-02T03:04:05.678901Z {PROG}: -m x: Parameter 'size' expects a non-negative "
+        "number below 2^64"
+    )
+    assert info.value.stderr_text().splitlines()[-3].startswith(f"{PROG}: -m x")
+
+
 def test_migemu_options() -> None:
     config = parse("-migemu-guest", "dirty,rate=1000,seed=7", "-dashboard", "127.0.0.1:8080")
     assert (config.guest.kind, config.guest.rate, config.guest.seed) == ("dirty", 1000, 7)

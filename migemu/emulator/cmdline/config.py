@@ -9,6 +9,7 @@ not interpret an option (`-cpu`, `-smp`, `-drive`, ...), so nothing given is los
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 MIB = 1 << 20
@@ -147,6 +148,16 @@ class VMConfig:
     dashboard: tuple[str, int] | None = None  # migemu-only -dashboard HOST:PORT
     warnings: tuple[str, ...] = ()  # full stderr lines QEMU would print and go on
     warning_timestamps: tuple[bool, ...] = ()  # per warning: printed after -msg timestamp=on
+
+    def warnings_text(self, now: datetime | None = None) -> str:
+        """The warnings as QEMU prints them; `now` stamps those after -msg timestamp=on."""
+        from .parser import stamp_lines  # the one place that knows QEMU's stamp format
+
+        stamps = self.warning_timestamps or (False,) * len(self.warnings)
+        return "\n".join(
+            stamp_lines(text, self.prog_name, now if stamped else None)
+            for text, stamped in zip(self.warnings, stamps, strict=True)
+        )
 
     def memory_backend(self) -> MemoryBackendConfig | None:
         """The backend named by -machine memory-backend=, if any."""

@@ -18,7 +18,7 @@ import re
 import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .config import (
     MIB,
@@ -98,7 +98,7 @@ def stamp_lines(text: str, prog: str, now: datetime | None) -> str:
     """QEMU's -msg timestamp=on: each "prog: ..." line starts with an ISO-8601 UTC time."""
     if now is None:
         return text
-    stamp = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
     return "\n".join(
         stamp + line if line.startswith(f"{prog}: ") else line for line in text.split("\n")
     )
