@@ -24,6 +24,7 @@ MODULES: tuple[str, ...] = (
     "migration",
     "control",
     "introspect",
+    "machine",
     "misc",
     "migemu",
 )

@@ -54,21 +54,25 @@ def expand(info: list[dict], name: str, stack: tuple[str, ...] = ()) -> object:
 
 
 @pytest.fixture(scope="module")
-def real_schema() -> list[dict]:
+def real_replies() -> dict[int, object]:
     if QEMU is None:
         pytest.skip("qemu-system-x86_64 not installed")
     proc = subprocess.run(
         [QEMU, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"],
         input='{"execute": "qmp_capabilities"}\n'
-        '{"execute": "query-qmp-schema", "id": 1}\n{"execute": "quit"}\n',
+        '{"execute": "query-qmp-schema", "id": 1}\n'
+        '{"execute": "query-commands", "id": 2}\n{"execute": "quit"}\n',
         capture_output=True,
         text=True,
         timeout=30,
     )
-    for line in proc.stdout.splitlines():
-        if line.startswith('{"return"') and '"id": 1' in line:
-            return json.loads(line)["return"]
-    raise AssertionError(proc.stdout)
+    replies = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith('{"return"')]
+    return {r["id"]: r["return"] for r in replies if "id" in r}
+
+
+@pytest.fixture(scope="module")
+def real_schema(real_replies) -> list[dict]:
+    return real_replies[1]
 
 
 def test_entities_first_then_types():
@@ -137,3 +141,14 @@ def test_every_entity_matches_real_qemu(real_schema):
     for entity in load_schema().entities:
         assert entity.name in real_names, entity.name
         assert expand(ours, entity.name) == expand(real_schema, entity.name), entity.name
+
+
+@needs_qemu
+def test_entity_and_command_order_follow_real_qemu(real_schema, real_replies):
+    ours = [
+        e["name"] for e in introspect.query_qmp_schema() if e["meta-type"] in ("command", "event")
+    ]
+    real = [e["name"] for e in real_schema if e["name"] in ours]
+    assert ours == real
+    ours_cmds = [c["name"] for c in introspect.query_commands()]
+    assert ours_cmds == [c["name"] for c in real_replies[2] if c["name"] in ours_cmds]
