@@ -1,6 +1,6 @@
 """Packet encode/decode throughput per method (a timing script, not a test).
 
-Run: python3 tests/multifd/bench_packets.py [--image PATH] [--packets N]
+Run: python3 tests/multifd/bench_packets.py [--image PATH] [--size-mib N]
 Without --image, pages come from make_image.py's mix (45% zero pages are dropped, as QEMU
 sends them on the main stream) when ../shared is available, else a synthetic text/random mix.
 Measures one channel in one thread: ChannelEncoder.packet() and ChannelDecoder.feed().
