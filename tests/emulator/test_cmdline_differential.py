@@ -140,6 +140,7 @@ BAD_LINES: list[list[str]] = [
     ["-rtc", "foo=1"],
     ["-m", "foo", "-version"],
     ["-m", "256,maxmem=foo"],
+    ["-m", "0x10", "-serial", "file:"],
     ["-msg", "timestamp", "-chardev", "socket,id=c,host=127.0.0.1"],
     ["-msg", "timestamp=on", "-global", "foo"],
     ["-global", "foo", "-msg", "timestamp=on", "-qmp", "foo"],

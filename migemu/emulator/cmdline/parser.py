@@ -920,11 +920,16 @@ def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
     for monitor, loc in b.monitors:
         if monitor.chardev not in chardev_ids:
             raise b.fail(f'chardev "{monitor.chardev}" not found', loc)
+    chardevs = {c.id: c for c, _ in b.chardevs}
     for serial, loc in b.serials:
+        tail = f"could not connect serial device to character backend '{serial.spec}'"
         if serial.chardev is not None and serial.chardev not in chardev_ids:
-            raise b.fail(
-                f"could not connect serial device to character backend '{serial.spec}'", loc
-            )
+            raise b.fail(tail, loc)
+        chardev = chardevs.get(serial.chardev or "")
+        if chardev is not None and chardev.backend == "file" and chardev.path == "":
+            # Opening "" fails whatever the host; QEMU opens -serial files here.
+            first = b.fail("Could not open '': No such file or directory", loc).message
+            raise CmdlineError(f"{first}\n{b.fail(tail, loc).message}")
     _check_memory_backend(b, machine, memory)
     if isinstance(vga, str) and vga != "none" and machine.type == "none":
         b.warn(
@@ -1114,7 +1119,7 @@ def _check_chardevs(b: _Builder) -> None:
                 raise b.fail("chardev: socket: no port given", loc)
             if not given or chardev.path == "":
                 raise b.fail("Unable to parse FD number ", loc)
-        elif chardev.backend == "file" and not chardev.path:
+        elif chardev.backend == "file" and chardev.path is None:
             raise b.fail("chardev: file: no filename given", loc)
 
 
