@@ -1,8 +1,9 @@
 """JSON Schema (draft 2020-12) generated from the QAPI definitions (qapi layer).
 
-Each QAPI type becomes a ``$defs`` entry. Every subschema whose keywords can fail carries an
-``x-qapi`` annotation naming the QEMU input-visitor error it stands for, so ``validate.py``
-can turn a ``jsonschema`` error back into QEMU 7.2's exact text:
+Each QAPI object type becomes a ``$defs`` entry; scalar types are inlined where used.
+Every subschema whose keywords can fail carries an ``x-qapi`` annotation naming the QEMU
+input-visitor error it stands for, so ``validate.py`` can turn a ``jsonschema`` error back
+into QEMU 7.2's exact text:
 
 - ``type``: ``Invalid parameter type for '<path>', expected: <expected>``
 - ``value``: ``Parameter '<path>' expects <expected>`` (not a number, or outside int64/uint64)
@@ -66,6 +67,7 @@ def _ref(type_name: str) -> dict[str, Any]:
 
 
 def _type_schema(schema: Schema, type_name: str) -> dict[str, Any]:
+    """Where a type is used: objects by reference (they may nest), anything else inline."""
     t = schema.lookup(type_name)
     if isinstance(t, ArrayType):
         return {
@@ -73,7 +75,10 @@ def _type_schema(schema: Schema, type_name: str) -> dict[str, Any]:
             "items": _type_schema(schema, t.element_type),
             "x-qapi": {"kind": "type", "expected": "array"},
         }
-    return _ref(type_name)
+    if isinstance(t, ObjectType):
+        return _ref(type_name)
+    # Inline scalars: a $ref costs a registry lookup on every validation.
+    return type_definition(schema, type_name)
 
 
 def _builtin(t: BuiltinType) -> dict[str, Any]:
@@ -208,9 +213,14 @@ def _named_types_used(schema: Schema, root: str) -> list[str]:
 
 def json_schema_for_type(schema: Schema, type_name: str) -> dict[str, Any]:
     """A self-contained draft 2020-12 JSON Schema for values of ``type_name``."""
+    defs = {
+        n: type_definition(schema, n)
+        for n in _named_types_used(schema, type_name)
+        if isinstance(schema.lookup(n), ObjectType)
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$defs": {n: type_definition(schema, n) for n in _named_types_used(schema, type_name)},
+        "$defs": defs,
         **_type_schema(schema, type_name),
     }
 

@@ -91,12 +91,30 @@ def validate(command: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
 _LOCAL_RANK = {"type": 0, "value": 0, "alternate": 0, "range": 1, "enum": 1}
 
 
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "null": (type(None),),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+def _is_json_kind(kind: str, value: Any) -> bool:
+    if isinstance(value, bool) and kind != "boolean":
+        return False
+    return isinstance(value, _JSON_TYPES[kind])
+
+
 def _resolve(schema: Schema, type_name: str, value: Any) -> QAPIType:
+    """The type a value is visited as: an alternate resolves to the branch its JSON type picks."""
     t = schema.lookup(type_name)
     if isinstance(t, AlternateType):
         for _, branch in t.branches:
             kind = json_kind(schema, branch)
-            if kind is not None and _Validator({"type": kind}).is_valid(value):
+            if kind is not None and _is_json_kind(kind, value):
                 return schema.lookup(branch)
     return t
 
