@@ -81,3 +81,19 @@ def test_bad_definitions_are_rejected():
         parse_modules({"m": [{"command": "x"}, {"command": "x"}]})
     with pytest.raises(SchemaError):
         parse_modules({"m": [{"bogus": "x"}]})
+
+
+def test_generated_json_schemas_are_valid_draft_2020_12():
+    import jsonschema
+
+    from migemu.qapi.jsonschema_gen import command_arguments_schema, json_schema_for_type
+
+    s = load_schema()
+    for name in s.commands:
+        jsonschema.Draft202012Validator.check_schema(command_arguments_schema(s, name))
+    info = json_schema_for_type(s, "MigrationInfo")
+    jsonschema.Draft202012Validator.check_schema(info)
+    ok = {"status": "active", "socket-address": [{"type": "inet", "host": "h", "port": "1"}]}
+    assert jsonschema.Draft202012Validator(info).is_valid(ok)
+    assert not jsonschema.Draft202012Validator(info).is_valid({"status": "bogus"})
+    assert not jsonschema.Draft202012Validator(info).is_valid({"total-time": "1"})
