@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 BATCH_MAX_PAGES = 256
 # Random words drawn per page written: a whole page's worth, for random content.
 MATERIAL_WORDS = PAGE_SIZE // 8
+# The vCPU wakes up about this often when rate-limited, and writes what is due.
+TICK_S = 0.002
 # Longest single clock.sleep(), so stop() and set_rate() take effect promptly on a real clock.
 MAX_SLEEP_S = 0.02
 # If the vCPU falls behind its rate (a slow host), it forgives debt beyond this many seconds'
@@ -109,8 +111,9 @@ class Workload(ABC):
 
     def pause(self) -> None:
         """Return only once no further write can happen before ``resume()``."""
-        self._pause_requested = True
+        self._pause_requested = True  # seen by the thread at its next check, lock or not
         with self._cond:  # waits out a batch in flight; the thread then parks
+            self._pause_requested = True  # again, in case a racing resume() cleared it
             self._rebase = True
 
     def resume(self) -> None:
@@ -192,11 +195,14 @@ class Workload(ABC):
                     # turning "one page is due" into a zero-length sleep, forever.
                     due = int((now - base_t) * rate + 1e-6) - done
                     backlog = max(BATCH_MAX_PAGES, int(rate * MAX_BACKLOG_S))
-                    if due > backlog:
-                        base_n += due - backlog
+                    if due > backlog:  # count the forgiven pages as written
+                        base_n -= due - backlog
                         due = backlog
                     if due <= 0:
-                        wait_s = min((done + 1) / rate - (now - base_t), MAX_SLEEP_S)
+                        # Sleep until a tick's worth of pages is due, not a single page:
+                        # fewer, larger batches cost less CPU at high rates.
+                        quantum = min(BATCH_MAX_PAGES, max(1, int(rate * TICK_S)))
+                        wait_s = min((done + quantum) / rate - (now - base_t), MAX_SLEEP_S)
                 if due > 0:
                     k = min(due, BATCH_MAX_PAGES)
                     self._write(k)
