@@ -20,6 +20,7 @@ from migemu.emulator.migration.settings import SettingsError
 from migemu.emulator.qmp.server import SocketSpec
 from migemu.emulator.ram import GuestRAM, RAMBlock, RAMError, map_anonymous, map_file
 from migemu.emulator.runtime import serve
+from migemu.qapi.errors import QMPError
 
 DEFAULT_RAM_MIB = {"none": 0}  # other machine types: 128 MiB, QEMU's default
 PC_RAM_NAME = "pc.ram"
@@ -79,6 +80,12 @@ def monitor_specs(config: VMConfig) -> list[SocketSpec]:
     return specs
 
 
+def guest_spec(config: VMConfig) -> str:
+    """The ``-migemu-guest`` spec text (``idle`` when not given)."""
+    guest = config.guest
+    return ",".join([guest.kind, *(f"{k}={v}" for k, v in guest.properties if k != "type")])
+
+
 def smp_cpus(smp: str | None) -> int:
     """The CPU count of ``-smp N`` / ``-smp cpus=N,...`` (1 when absent)."""
     if not smp:
@@ -99,6 +106,7 @@ def machine_options(config: VMConfig) -> MachineOptions:
         globals=[(g.driver, g.property, g.value) for g in config.globals],
         prog_name=config.prog_name,
         cpus=0 if config.machine.type == "none" else smp_cpus(config.smp),
+        guest=guest_spec(config),
     )
     if config.uuid is not None:
         options.uuid = config.uuid
@@ -140,7 +148,7 @@ def run(config: VMConfig) -> int:
         return 1
     try:
         machine = Machine(machine_options(config), ram)
-    except SettingsError as err:
+    except (SettingsError, QMPError) as err:
         ram.close()
         print(f"{prog}: {err}", file=sys.stderr)
         return 1

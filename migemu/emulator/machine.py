@@ -16,12 +16,24 @@ from typing import TYPE_CHECKING, Any
 from migemu import __version__
 from migemu.emulator.dispatch import Dispatcher
 from migemu.emulator.events import EventBus
+from migemu.emulator.guest import vcpu_section
+from migemu.emulator.guest.dirty import DirtyBitmap
+from migemu.emulator.guest.workload import (
+    DirtySpec,
+    SweepWorkload,
+    Workload,
+    WorkloadError,
+    WorkloadSpecError,
+    create_workload,
+    parse_workload_spec,
+)
+from migemu.emulator.migration.outgoing import DeviceSection
 from migemu.emulator.ram import GuestRAM
 from migemu.emulator.runstate import RunState
 from migemu.emulator.vm import VM
+from migemu.qapi.errors import QMPError
 
 if TYPE_CHECKING:
-    from migemu.emulator.migration.outgoing import DeviceSection
     from migemu.multifd.mainstream.records import SectionData, SectionSpec
 
 QEMU_VERSION = (7, 2, 22)
@@ -45,6 +57,7 @@ class MachineOptions:
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)
     prog_name: str = "migemu"
+    guest: str = "idle"  # -migemu-guest spec: idle, dirty,..., sweep,...
     cpus: int = 0  # -machine none has no CPU; pc/q35 have -smp's count (1 by default)
 
 
@@ -65,6 +78,10 @@ class Machine:
         )
         self.migration = MigrationSettings.from_globals(options.globals)
         self.migration.incoming = lambda: self.vm.state is RunState.INMIGRATE
+        self.dirty = {b.name: DirtyBitmap(b.pages) for b in self.ram.blocks}
+        self.workload: Workload | None = None
+        self.set_guest(options.guest)
+        self.vm.add_listener(self._runstate_changed)
         self.migrations = MigrationManager(self)
         self.dispatcher = Dispatcher()
         self.shutdown_reason: str | None = None
@@ -85,15 +102,49 @@ class Machine:
     def uuid_bytes(self) -> bytes:
         return uuidlib.UUID(self.uuid).bytes
 
+    # -- the guest ---------------------------------------------------------------------------
+
+    def set_guest(self, spec_text: str) -> None:
+        """Replace the guest workload (``-migemu-guest`` / ``x-migemu-set-guest``)."""
+        try:
+            spec = parse_workload_spec(spec_text)
+            workload = None
+            if not (isinstance(spec, DirtySpec) and spec.rate == 0):
+                workload = create_workload(spec, self.ram.blocks, self.dirty)
+        except (WorkloadSpecError, WorkloadError) as err:
+            raise QMPError(str(err)) from err
+        old, self.workload = self.workload, workload
+        if old is not None:
+            old.stop()
+        if workload is not None:
+            workload.start()
+            if not self.vm.running:
+                workload.pause()
+
+    def _runstate_changed(self, old: RunState, new: RunState) -> None:
+        # The vCPU runs exactly while the VM runs: a stop must freeze guest memory.
+        if self.workload is None:
+            return
+        if new is RunState.RUNNING:
+            self.workload.resume()
+        else:
+            self.workload.pause()
+
     def device_sections(self) -> list[DeviceSection]:
-        """Sections after RAM that the source sends (none yet besides QEMU's own)."""
-        return []
+        """Sections after RAM the source sends: the vCPU's state when the guest has one."""
+        workload = self.workload
+        if not isinstance(workload, SweepWorkload):
+            return []
+        return [DeviceSection(lambda enc: vcpu_section.encode(workload.state()))]
 
     def incoming_sections(self) -> list[SectionSpec]:
-        return []
+        return [vcpu_section.SPEC]
 
     def load_section(self, record: SectionData) -> None:
-        """A migemu-specific section arrived on the destination (none are defined yet)."""
+        """The source's vCPU state: the destination's guest continues from it."""
+        if record.idstr == vcpu_section.IDSTR and isinstance(self.workload, SweepWorkload):
+            assert isinstance(record.value, bytes)
+            self.workload.restore(record.value)
 
     def start_incoming(self) -> None:
         """``-incoming URI`` on the command line: listen now (``defer`` waits for QMP)."""
@@ -123,4 +174,6 @@ class Machine:
 
     def close(self) -> None:
         self.migrations.shutdown()
+        if self.workload is not None:
+            self.workload.stop()
         self.ram.close()

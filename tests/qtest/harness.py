@@ -180,8 +180,15 @@ class Cluster:
 
 
 async def setup_pair(
-    src: VM, dst: VM, *, multifd: bool, method: str = "none", channels: int = 2,
-    events: bool = True, bandwidth: int = 1 << 40, extra_caps: Sequence[str] = (),
+    src: VM,
+    dst: VM,
+    *,
+    multifd: bool,
+    method: str = "none",
+    channels: int = 2,
+    events: bool = True,
+    bandwidth: int = 1 << 40,
+    extra_caps: Sequence[str] = (),
 ) -> str:
     """Same capabilities and parameters on both sides; dst listens; returns the URI."""
     caps = [{"capability": "events", "state": events}, {"capability": "multifd", "state": multifd}]
@@ -190,7 +197,11 @@ async def setup_pair(
         await vm.cmd("migrate-set-capabilities", {"capabilities": caps})
         await vm.cmd(
             "migrate-set-parameters",
-            {"multifd-channels": channels, "multifd-compression": method, "max-bandwidth": bandwidth},
+            {
+                "multifd-channels": channels,
+                "multifd-compression": method,
+                "max-bandwidth": bandwidth,
+            },
         )
     await dst.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
     info = await dst.cmd("query-migrate")

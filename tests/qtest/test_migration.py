@@ -9,7 +9,6 @@ to the source's. The QEMU cases run the same flows with real qemu-system-x86_64 
 from __future__ import annotations
 
 import pytest
-
 from harness import QEMU, Cluster, make_image, page_stats, qemu_cmd, setup_pair, sha256
 
 pytestmark = pytest.mark.asyncio
@@ -36,7 +35,9 @@ async def cluster(tmp_path):
     await c.close()
 
 
-async def migrate(cluster, image, *, multifd, method="none", channels=2, src_bin=None, dst_bin=None):
+async def migrate(
+    cluster, image, *, multifd, method="none", channels=2, src_bin=None, dst_bin=None
+):
     src = await cluster.start("src", mem_mib=MIB, image=image, share=False, binary=src_bin)
     dst = await cluster.start("dst", mem_mib=MIB, incoming="defer", binary=dst_bin)
     uri = await setup_pair(src, dst, multifd=multifd, method=method, channels=channels)
@@ -208,3 +209,46 @@ async def test_pause_before_switchover(cluster, image):
         "MIGRATION:completed",
     ]  # fmt: skip
     assert sha256(dst.ram) == sha256(image)
+
+
+@pytest.mark.parametrize("method", ["none", "zstd"])
+async def test_dirtying_guest_final_state(cluster, tmp_path, image, method):
+    """The guest writes ~2000 pages/s (8 MB/s) during the migration; after switchover the source's
+    frozen RAM and the destination's must be identical (no write lost by dirty tracking)."""
+    live = tmp_path / "src-live.ram"
+    live.write_bytes(image.read_bytes())
+    src = await cluster.start(
+        "src", mem_mib=MIB, image=live, share=True,
+        extra=["-migemu-guest", "dirty,rate=2000,seed=3"],
+    )  # fmt: skip
+    dst = await cluster.start("dst", mem_mib=MIB, incoming="defer")
+    uri = await setup_pair(src, dst, multifd=True, method=method, bandwidth=64 << 20)
+    await src.cmd("migrate", {"uri": uri})
+    info = await src.wait_status(["completed", "failed"])
+    assert info["status"] == "completed", info
+    await dst.wait_status(["completed"])
+    assert info["ram"]["dirty-sync-count"] >= 3
+    assert sha256(live) != sha256(image)  # the guest really wrote
+    assert sha256(dst.ram) == sha256(live)
+
+
+async def test_sweep_guest_resumes_on_destination(cluster, tmp_path):
+    """QEMU migration-test's guest: the destination's memory is a consistent snapshot and
+    its vCPU continues from where the source's stopped."""
+    from migemu.emulator.guest.workload import check_sweep
+
+    src = await cluster.start(
+        "src", mem_mib=128, share=True, extra=["-migemu-guest", "sweep,rate=100000"]
+    )
+    dst = await cluster.start(
+        "dst", mem_mib=128, incoming="defer", extra=["-migemu-guest", "sweep,rate=100000"]
+    )
+    uri = await setup_pair(src, dst, multifd=True, bandwidth=256 << 20)
+    await src.cmd("migrate", {"uri": uri})
+    assert (await src.wait_status(["completed", "failed"]))["status"] == "completed"
+    await dst.wait_status(["completed"])
+    await dst.cmd("stop")
+    import mmap
+
+    with open(dst.ram, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mem:
+        assert check_sweep(memoryview(mem)) is None

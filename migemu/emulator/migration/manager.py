@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from migemu.emulator.guest.dirty import DirtyBitmap
 from migemu.emulator.migration.incoming import IncomingContext, IncomingMigration
 from migemu.emulator.migration.info import query_migrate
 from migemu.emulator.migration.link import ConnectError, Listener
@@ -46,7 +45,6 @@ class MigrationManager:
         self.source = MigrationStateMachine(Side.SOURCE, machine.events.emit, events_on)
         self.destination = MigrationStateMachine(Side.DESTINATION, machine.events.emit, events_on)
         self.stats = MigrationStats()
-        self.dirty = {b.name: DirtyBitmap(b.pages) for b in machine.ram.blocks}
         self.outgoing: OutgoingMigration | None = None
         self.incoming: IncomingMigration | None = None
         self.incoming_address: MigrationAddress | None = None
@@ -86,7 +84,7 @@ class MigrationManager:
             raise QMPError(err.desc) from err
         ctx = OutgoingContext(
             ram=machine.ram,
-            dirty=self.dirty,
+            dirty=machine.dirty,
             vm=machine.vm,
             events=machine.events,
             settings=machine.migration,

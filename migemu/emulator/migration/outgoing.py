@@ -301,21 +301,25 @@ class OutgoingMigration:
         self._close_section()
 
     def _send_pending(self, until: float | None) -> None:
-        """Send pending pages from each block's cursor on; stop at ``until`` or when the
-        rate-limit budget is used (``until`` None: send everything, no limit)."""
+        """Send pending pages, each block from its cursor on and wrapping around (QEMU's
+        last_seen_block/last_page); stop at ``until`` or when the rate-limit budget is used.
+        ``until`` None: send everything, no limit (the completion pass)."""
         for block in self.ctx.ram.blocks:
             pending = self.pending[block.name]
             start = self.cursor[block.name]
-            for first, n in mask_runs(pending[start:], base=start):
-                offset = 0
-                while offset < n:
-                    chunk = min(n - offset, PACKET_PAGES)
-                    self._send_run(block.name, first + offset, chunk)
-                    pending[first + offset : first + offset + chunk] = False
-                    offset += chunk
-                    self.cursor[block.name] = first + offset
-                    if until is not None:
-                        if self.limiter.exhausted() or time.monotonic() >= until:
+            for lo, hi in ((start, block.pages), (0, start)):
+                for first, n in mask_runs(pending[lo:hi], base=lo):
+                    done = 0
+                    while done < n:
+                        chunk = min(n - done, PACKET_PAGES)
+                        page = first + done
+                        self._send_run(block.name, page, chunk)
+                        pending[page : page + chunk] = False
+                        done += chunk
+                        self.cursor[block.name] = page + chunk
+                        if until is not None and (
+                            self.limiter.exhausted() or time.monotonic() >= until
+                        ):
                             return
             self.cursor[block.name] = 0
 
