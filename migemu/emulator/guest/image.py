@@ -3,7 +3,8 @@
 Real guest RAM is runs of zero pages, code, text, sparse data structures and incompressible
 data (compressed or encrypted buffers, page cache of media files). ``fill_image`` lays out
 runs of 1..64 pages of those kinds in a configurable mix; ``PageSource`` writes the content
-of one run, and the dirtying vCPU (workload.py) uses it to overwrite pages with the same kinds.
+of one run (``write``) or of scattered pages (``write_pages``, used by the dirtying vCPU in
+workload.py to overwrite pages with the same kinds).
 
 Speed comes from never building a page byte by byte in Python: text and code pages are
 windows into a few MiB of corpus built once per seed with numpy, random pages are raw PCG64

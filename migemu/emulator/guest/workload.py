@@ -46,7 +46,7 @@ TICK_S = 0.002
 MAX_SLEEP_S = 0.02
 # If the vCPU falls behind its rate (a slow host), it forgives debt beyond this many seconds'
 # worth of pages instead of bursting to catch up.
-MAX_BACKLOG_S = 0.05
+MAX_BACKLOG_S = 0.25
 
 
 class Clock(Protocol):

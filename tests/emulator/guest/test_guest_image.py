@@ -7,6 +7,8 @@ import mmap
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from migemu.emulator.guest.image import (
     DEFAULT_MIX,
@@ -125,3 +127,11 @@ def test_write_image_and_cli(tmp_path, capsys):
     assert "256 pages" in out and "sha256=" in out
     with pytest.raises(SystemExit):
         main([str(path), "1", "--mix", "pink=1"])
+
+
+@given(st.text(max_size=40))
+def test_mix_parser_never_crashes(text):
+    try:
+        ImageMix.parse(text)
+    except ImageMixError:
+        pass

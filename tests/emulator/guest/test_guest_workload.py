@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from migemu.emulator.guest.dirty import DirtyBitmap
 from migemu.emulator.guest.image import ImageMix
@@ -347,3 +349,20 @@ def test_spec_parsing(text, spec):
 def test_spec_errors(text, msg):
     with pytest.raises(WorkloadSpecError, match=msg):
         parse_workload_spec(text)
+
+
+@given(st.text(alphabet="idlerysweepatxhomcn=,-0123456789MKG ", max_size=60))
+def test_spec_parser_never_crashes(text):
+    try:
+        spec = parse_workload_spec(text)
+    except WorkloadSpecError:
+        return
+    assert isinstance(spec, DirtySpec | SweepSpec)
+
+
+@given(st.text(max_size=40))
+def test_spec_parser_never_crashes_on_any_text(text):
+    try:
+        parse_workload_spec(text)
+    except WorkloadSpecError:
+        pass
