@@ -99,9 +99,7 @@ def stamp_lines(text: str, prog: str, now: datetime | None) -> str:
     if now is None:
         return text
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
-    return "\n".join(
-        stamp + line if line.startswith(f"{prog}: ") else line for line in text.split("\n")
-    )
+    return "\n".join(stamp + line if f"{prog}: " in line else line for line in text.split("\n"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +263,13 @@ class _Builder:
     warnings: list[str] = field(default_factory=list)
     stamped: list[bool] = field(default_factory=list)  # per warning: after -msg timestamp=on
 
+    def prefix(self) -> str:
+        """ "prog", or "guest prog" once -msg guest-name=on and -name are given."""
+        name = self.values.get("name")
+        if self.values.get("msg_guest_name") and isinstance(name, str):
+            return f"{name} {self.prog}"
+        return self.prog
+
     def timestamps_on(self) -> bool:
         return bool(self.values.get("msg_timestamp"))
 
@@ -274,11 +279,11 @@ class _Builder:
 
     def fail(self, message: str, loc: _Loc | None = None) -> CmdlineError:
         where = f"{loc.text}: " if loc is not None else ""
-        return CmdlineError(f"{self.prog}: {where}{message}")
+        return CmdlineError(f"{self.prefix()}: {where}{message}")
 
     def warn(self, message: str, loc: _Loc | None = None) -> None:
         where = f"{loc.text}: " if loc is not None else ""
-        self.add_warning(f"{self.prog}: {where}{message}")
+        self.add_warning(f"{self.prefix()}: {where}{message}")
 
     def split(
         self, text: str, loc: _Loc, implied: str | None, keyval: bool = False, warn: bool = True
@@ -510,7 +515,7 @@ def _legacy_chardev(b: _Builder, spec: str, chardev_id: str, loc: _Loc) -> Chard
                 _check_chardev_values(b, pairs, loc, warn=False)
             except CmdlineError as err:
                 raise CmdlineError(
-                    f"{err.message}\n{b.prog}: {loc.text}: parse error: {spec}"
+                    f"{err.message}\n{b.prefix()}: {loc.text}: parse error: {spec}"
                 ) from err
             values.update(last_values(pairs))
     elif spec.startswith("/dev/"):
@@ -528,8 +533,8 @@ def _monitor_option(mode: str, pretty: bool) -> Handler:
         chardev = _legacy_chardev(b, arg, chardev_id, loc)
         if chardev is None:
             raise CmdlineError(
-                f"{b.prog}: {loc.text}: '{arg}' is not a valid char driver\n"
-                f"{b.prog}: {loc.text}: parse error: {arg}"
+                f"{b.prefix()}: {loc.text}: '{arg}' is not a valid char driver\n"
+                f"{b.prefix()}: {loc.text}: parse error: {arg}"
             )
         b.compat_monitors += 1
         _add_chardev(b, chardev, loc)
@@ -563,8 +568,9 @@ def _opt_serial(b: _Builder, arg: str, loc: _Loc) -> None:
     chardev = _legacy_chardev(b, arg[4:] if muxed else arg, chardev_id, loc)
     if chardev is None:
         raise CmdlineError(
-            f"{b.prog}: {loc.text}: '{arg}' is not a valid char driver\n"
-            f"{b.prog}: {loc.text}: could not connect serial device to character backend '{arg}'"
+            f"{b.prefix()}: {loc.text}: '{arg}' is not a valid char driver\n"
+            f"{b.prefix()}: {loc.text}: could not connect serial device to character "
+            f"backend '{arg}'"
         )
     b.serial_count += 1
     if muxed:  # "mon:DEV": the serial port and an HMP monitor share DEV
@@ -1081,13 +1087,13 @@ def _check_qtest(b: _Builder) -> None:
     spec = b.values.get("qtest")
     if not isinstance(spec, str):
         return
-    tail = f'{b.prog}: Failed to initialize device for qtest: "{spec}"'
+    tail = f'{b.prefix()}: Failed to initialize device for qtest: "{spec}"'
     try:
         chardev = _legacy_chardev(b, spec, "qtest", _Loc("-qtest " + spec))
     except CmdlineError as err:
         raise CmdlineError(f"{err.message}\n{tail}") from err
     if chardev is None:
-        raise CmdlineError(f"{b.prog}: '{spec}' is not a valid char driver\n{tail}")
+        raise CmdlineError(f"{b.prefix()}: '{spec}' is not a valid char driver\n{tail}")
 
 
 def _check_backends(b: _Builder) -> None:
@@ -1101,13 +1107,18 @@ def _check_backends(b: _Builder) -> None:
 
 def _check_chardevs(b: _Builder) -> None:
     serial_ids = {s.chardev for s, _ in b.serials}
+    stdio_users = 0
     for chardev, loc in b.chardevs:
+        if chardev.backend == "stdio":
+            stdio_users += 1
+            if stdio_users > 1:
+                raise b.fail("cannot use stdio by multiple character devices", loc)
         if chardev.backend == "stdio" and b.values.get("daemonize"):
-            message = f"{b.prog}: {loc.text}: cannot use stdio with -daemonize"
+            message = f"{b.prefix()}: {loc.text}: cannot use stdio with -daemonize"
             if chardev.id in serial_ids:
                 spec = loc.text.split(" ", 1)[1]
                 message += (
-                    f"\n{b.prog}: {loc.text}: could not connect serial device to character "
+                    f"\n{b.prefix()}: {loc.text}: could not connect serial device to character "
                     f"backend '{spec}'"
                 )
             raise CmdlineError(message)
