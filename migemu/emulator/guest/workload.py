@@ -124,6 +124,7 @@ class Workload(ABC):
 
     def stop(self) -> None:
         """Stop and join the thread, then drop every reference to guest memory."""
+        self._stopping = True  # as in pause(): a vCPU at full speed sees it between batches
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
