@@ -14,7 +14,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from migemu.emulator.cmdline import CmdlineError, CmdlineExit, VMConfig, parse_command_line
+from migemu.emulator.cmdline import (
+    CmdlineError,
+    CmdlineExit,
+    MemoryBackendConfig,
+    VMConfig,
+    parse_command_line,
+)
 from migemu.emulator.machine import Machine, MachineOptions
 from migemu.emulator.migration.settings import SettingsError
 from migemu.emulator.qmp.server import SocketSpec
@@ -80,6 +86,21 @@ def monitor_specs(config: VMConfig) -> list[SocketSpec]:
     return specs
 
 
+def memdev_info(backend: MemoryBackendConfig) -> dict[str, object]:
+    """query-memdev's entry for a memory backend (schema member order; QEMU's defaults)."""
+    return {
+        "id": backend.id,
+        "size": backend.size,
+        "merge": True,
+        "dump": True,
+        "prealloc": False,
+        "share": backend.share,
+        "reserve": True,
+        "host-nodes": [],
+        "policy": "default",
+    }
+
+
 def guest_spec(config: VMConfig) -> str:
     """The ``-migemu-guest`` spec text (``idle`` when not given)."""
     guest = config.guest
@@ -107,6 +128,7 @@ def machine_options(config: VMConfig) -> MachineOptions:
         prog_name=config.prog_name,
         cpus=0 if config.machine.type == "none" else smp_cpus(config.smp),
         guest=guest_spec(config),
+        memdevs=[memdev_info(b) for b in config.memory_backends],
     )
     if config.uuid is not None:
         options.uuid = config.uuid

@@ -58,6 +58,7 @@ class MachineOptions:
     globals: list[tuple[str, str, str]] = field(default_factory=list)
     prog_name: str = "migemu"
     guest: str = "idle"  # -migemu-guest spec: idle, dirty,..., sweep,...
+    memdevs: list[dict[str, Any]] = field(default_factory=list)  # query-memdev entries
     cpus: int = 0  # -machine none has no CPU; pc/q35 have -smp's count (1 by default)
 
 

@@ -20,8 +20,17 @@ def test_c_uint64(text, value):
 
 @pytest.mark.parametrize(
     ("text", "shift", "value"),
-    [("1k", 0, 1024), ("16M", 0, 16 << 20), ("16", 20, 16 << 20), ("0x10", 20, 16 << 20),
-     ("1.5", 0, None), ("1.5k", 0, 1536), ("1x", 0, None), ("-5", 0, None), ("1T", 20, 1 << 40)],
+    [
+        ("1k", 0, 1024),
+        ("16M", 0, 16 << 20),
+        ("16", 20, 16 << 20),
+        ("0x10", 20, 16 << 20),
+        ("1.5", 0, None),
+        ("1.5k", 0, 1536),
+        ("1x", 0, None),
+        ("-5", 0, None),
+        ("1T", 20, 1 << 40),
+    ],
 )
 def test_size(text, shift, value):
     assert parse_size(text, shift) == value
@@ -34,15 +43,25 @@ def test_size(text, shift, value):
         ("multifd-channels", "-1", "Parameter 'multifd-channels' expects uint8_t"),
         ("multifd-channels", "foo", "Parameter 'multifd-channels' expects uint64"),
         ("x-checkpoint-delay", "5000000000", "Parameter 'x-checkpoint-delay' expects uint32_t"),
-        ("cpu-throttle-tailslow", "maybe", "Parameter 'cpu-throttle-tailslow' expects 'on' or 'off'"),
+        (
+            "cpu-throttle-tailslow",
+            "maybe",
+            "Parameter 'cpu-throttle-tailslow' expects 'on' or 'off'",
+        ),
         ("max-bandwidth", "1x", "Invalid size 1x"),
         ("foo", "1", "invalid parameter value: foo"),
-        ("block-bitmap-mapping", "x",
-         "The block-bitmap-mapping parameter can only be set through QMP"),
-        ("downtime-limit", "-5",
-         "Parameter 'downtime-limit' expects a non-negative number below 2^64\n"
-         "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-         "and exabytes, respectively."),
+        (
+            "block-bitmap-mapping",
+            "x",
+            "The block-bitmap-mapping parameter can only be set through QMP",
+        ),
+        (
+            "downtime-limit",
+            "-5",
+            "Parameter 'downtime-limit' expects a non-negative number below 2^64\n"
+            "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+            "and exabytes, respectively.",
+        ),
     ],
 )
 def test_parameter_errors(name, text, desc):

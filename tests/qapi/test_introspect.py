@@ -139,6 +139,8 @@ def test_every_entity_matches_real_qemu(real_schema):
     ours = introspect.query_qmp_schema()
     real_names = {e["name"] for e in real_schema}
     for entity in load_schema().entities:
+        if getattr(entity, "module", None) == "migemu":
+            continue  # migemu-only (x-migemu-*): QEMU has no such command
         assert entity.name in real_names, entity.name
         assert expand(ours, entity.name) == expand(real_schema, entity.name), entity.name
 
@@ -146,9 +148,13 @@ def test_every_entity_matches_real_qemu(real_schema):
 @needs_qemu
 def test_entity_and_command_order_follow_real_qemu(real_schema, real_replies):
     ours = [
-        e["name"] for e in introspect.query_qmp_schema() if e["meta-type"] in ("command", "event")
+        e["name"]
+        for e in introspect.query_qmp_schema()
+        if e["meta-type"] in ("command", "event") and not e["name"].startswith("x-migemu-")
     ]
     real = [e["name"] for e in real_schema if e["name"] in ours]
     assert ours == real
-    ours_cmds = [c["name"] for c in introspect.query_commands()]
+    ours_cmds = [
+        c["name"] for c in introspect.query_commands() if not c["name"].startswith("x-migemu-")
+    ]
     assert ours_cmds == [c["name"] for c in real_replies[2] if c["name"] in ours_cmds]

@@ -224,6 +224,34 @@ OTHER_OBJECT_TYPES = frozenset(
 )
 _HOST_MEM_POLICIES = frozenset({"default", "preferred", "bind", "interleave"})
 
+# `-cpu help` of QEMU 7.2 (x86_64): the model names it knows.
+CPU_MODELS = frozenset(
+    (
+        "486 486-v1 Broadwell Broadwell-IBRS Broadwell-noTSX Broadwell-noTSX-IBRS Broadwell-v1 "
+        "Broadwell-v2 Broadwell-v3 Broadwell-v4 Cascadelake-Server Cascadelake-Server-noTSX "
+        "Cascadelake-Server-v1 Cascadelake-Server-v2 Cascadelake-Server-v3 "
+        "Cascadelake-Server-v4 Cascadelake-Server-v5 Conroe Conroe-v1 Cooperlake Cooperlake-v1 "
+        "Cooperlake-v2 Denverton Denverton-v1 Denverton-v2 Denverton-v3 Dhyana Dhyana-v1 "
+        "Dhyana-v2 EPYC EPYC-IBPB EPYC-Milan EPYC-Milan-v1 EPYC-Rome EPYC-Rome-v1 EPYC-Rome-v2 "
+        "EPYC-v1 EPYC-v2 EPYC-v3 Haswell Haswell-IBRS Haswell-noTSX Haswell-noTSX-IBRS "
+        "Haswell-v1 Haswell-v2 Haswell-v3 Haswell-v4 Icelake-Server Icelake-Server-noTSX "
+        "Icelake-Server-v1 Icelake-Server-v2 Icelake-Server-v3 Icelake-Server-v4 "
+        "Icelake-Server-v5 Icelake-Server-v6 IvyBridge IvyBridge-IBRS IvyBridge-v1 IvyBridge-v2 "
+        "KnightsMill KnightsMill-v1 Nehalem Nehalem-IBRS Nehalem-v1 Nehalem-v2 Opteron_G1 "
+        "Opteron_G1-v1 Opteron_G2 Opteron_G2-v1 Opteron_G3 Opteron_G3-v1 Opteron_G4 "
+        "Opteron_G4-v1 Opteron_G5 Opteron_G5-v1 Penryn Penryn-v1 SandyBridge SandyBridge-IBRS "
+        "SandyBridge-v1 SandyBridge-v2 Skylake-Client Skylake-Client-IBRS "
+        "Skylake-Client-noTSX-IBRS Skylake-Client-v1 Skylake-Client-v2 Skylake-Client-v3 "
+        "Skylake-Client-v4 Skylake-Server Skylake-Server-IBRS Skylake-Server-noTSX-IBRS "
+        "Skylake-Server-v1 Skylake-Server-v2 Skylake-Server-v3 Skylake-Server-v4 "
+        "Skylake-Server-v5 Snowridge Snowridge-v1 Snowridge-v2 Snowridge-v3 Snowridge-v4 "
+        "Westmere Westmere-IBRS Westmere-v1 Westmere-v2 athlon athlon-v1 core2duo core2duo-v1 "
+        "coreduo coreduo-v1 kvm32 kvm32-v1 kvm64 kvm64-v1 n270 n270-v1 pentium pentium-v1 "
+        "pentium2 pentium2-v1 pentium3 pentium3-v1 phenom phenom-v1 qemu32 qemu32-v1 qemu64 "
+        "qemu64-v1 base host max "
+    ).split()
+)
+
 GUEST_KINDS = ("idle", "dirty", "sweep")
 
 
@@ -936,7 +964,14 @@ def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
             # Opening "" fails whatever the host; QEMU opens -serial files here.
             first = b.fail("Could not open '': No such file or directory", loc).message
             raise CmdlineError(f"{first}\n{b.fail(tail, loc).message}")
+    cpu = b.values.get("cpu")
+    cpu_model = cpu.split(",", 1)[0] if isinstance(cpu, str) else None
+    if cpu_model is not None and cpu_model not in CPU_MODELS:
+        raise b.fail(f"unable to find CPU model '{cpu_model}'")
     _check_memory_backend(b, machine, memory)
+    if cpu_model is not None and machine.type == "none":
+        # QEMU 7.2 cannot create an x86 CPU without a PC machine around it.
+        raise b.fail("apic-id property was not initialized properly")
     if isinstance(vga, str) and vga != "none" and machine.type == "none":
         b.warn(
             "warning: A -vga option was passed but this machine type does not use that option; "

@@ -24,3 +24,4 @@ def register(machine: Machine) -> None:
     d.register("migrate-incoming", mm.migrate_incoming)
     d.register("migrate_cancel", mm.cancel)
     d.register("migrate-continue", mm.continue_)
+    d.register("migrate-pause", mm.pause, allow_oob=True)

@@ -20,4 +20,6 @@ def register(machine: Machine) -> None:
     d.register("query-name", query_name)
     d.register("query-uuid", lambda args: {"UUID": machine.uuid})
     d.register("stop", lambda args: vm.stop())
+    d.register("query-memdev", lambda args: [dict(m) for m in machine.options.memdevs])
+    d.register("x-migemu-set-guest", lambda args: machine.set_guest(args["spec"]))
     d.register("cont", lambda args: vm.cont())

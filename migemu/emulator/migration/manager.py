@@ -120,6 +120,10 @@ class MigrationManager:
         if self.outgoing is not None:
             self.outgoing.resume_switchover()
 
+    def pause(self, args: dict[str, Any] | None = None) -> None:
+        """migrate-pause: postcopy only, and migemu has no postcopy."""
+        raise QMPError("migrate-pause is currently only supported during postcopy-active state")
+
     # -- destination ------------------------------------------------------------------------
 
     def migrate_incoming(self, args: dict[str, Any]) -> None:

@@ -45,15 +45,8 @@ class MigrationSettings:
         params, caps = settings.parameters, settings.capabilities
         try:
             for driver, prop, value in globals_:
-                if driver != "migration":
-                    continue
-                kind = params_mod.lookup_global(prop).kind
-                if kind == "parameter":
-                    params = params_mod.set_global(params, prop, value)
-                elif kind == "capability":
-                    caps = caps_mod.set_global(caps, prop, value)
-                # MigrationState properties (store-global-state, ...) are accepted and kept
-                # at QEMU's defaults: migemu's stream always has what they switch on.
+                if driver == "migration":
+                    params, caps = caps_mod.apply_global(params, caps, prop, value)
             params_mod.check_parameters(params)
             caps_mod.check_capabilities(caps_mod.default_capabilities(), caps, parameters=params)
         except QMPError as err:
