@@ -140,6 +140,12 @@ BAD_LINES: list[list[str]] = [
     ["-rtc", "foo=1"],
     ["-m", "foo", "-version"],
     ["-m", "256,maxmem=foo"],
+    ["-cpu", "foo"],
+    ["-cpu", "foo", "-mon", "chardev=x"],
+    ["-cpu", "foo", "-machine", "memory-backend=nope"],
+    ["-cpu", "host", "-incoming", "foo"],
+    ["-cpu", "max,foo=on", "-machine", "memory-backend=nope"],
+    ["-cpu", "qemu64"],
     ["-chardev", "stdio,id=c", "-monitor", "stdio"],
     ["-name", "vm1", "-msg", "guest-name=on", "-object", "memory-backend-ram,id=z,size=0"],
     ["-msg", "guest-name=on,timestamp=on", "-name", "vm1", "-accel", "foo"],
@@ -366,3 +372,11 @@ def test_version_first_line_shape_matches_qemu() -> None:
     assert status == 0 and len(theirs) == len(ours) == 2
     assert theirs[0].split(" (")[0] == ours[0].split(" (")[0]
     assert theirs[1] == ours[1]
+
+
+def test_cpu_models_match_qemu() -> None:
+    from migemu.emulator.cmdline.parser import CPU_MODELS
+
+    status, out, _ = _run_qemu(["-cpu", "help"])
+    assert status == 0
+    assert {line.split()[1] for line in out.splitlines() if line.startswith("x86 ")} == CPU_MODELS
