@@ -9,6 +9,7 @@ exist, as QEMU does, so that a parent that waits for the command sees sockets re
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -25,15 +26,18 @@ from migemu.emulator.machine import Machine, MachineOptions
 from migemu.emulator.migration.settings import SettingsError
 from migemu.emulator.qmp.server import SocketSpec
 from migemu.emulator.ram import GuestRAM, RAMBlock, RAMError, map_anonymous, map_file
-from migemu.emulator.runtime import serve
+from migemu.emulator.runtime import Service, serve
+from migemu.emulator.startup import StartupError
 from migemu.qapi.errors import QMPError
+
+# Modules with ``services_for(config, machine) -> list[Service]``: what runs beside the QMP
+# monitors (HMP consoles, the qtest socket, the dashboard), each built from the command line.
+SERVICE_PROVIDERS: tuple[str, ...] = ()
+# ``migemu SUBCOMMAND ...``: tools that are not a QEMU command line, each a module with main().
+SUBCOMMANDS: dict[str, str] = {}
 
 DEFAULT_RAM_MIB = {"none": 0}  # other machine types: 128 MiB, QEMU's default
 PC_RAM_NAME = "pc.ram"
-
-
-class StartupError(Exception):
-    """The configuration cannot be brought up; the message is printed after ``<prog>: ``."""
 
 
 def build_ram(config: VMConfig) -> GuestRAM:
@@ -64,10 +68,7 @@ def monitor_specs(config: VMConfig) -> list[SocketSpec]:
     for mon in config.monitors:
         chardev = chardevs[mon.chardev]
         if mon.mode != "control":
-            raise StartupError(
-                f"-mon chardev={mon.chardev},mode={mon.mode}: HMP monitors on a chardev are "
-                "not supported yet; use human-monitor-command over QMP"
-            )
+            continue  # HMP (readline) monitors are a service: see SERVICE_PROVIDERS
         if chardev.backend != "socket":
             raise StartupError(
                 f"-chardev {chardev.backend},id={chardev.id}: QMP over a '{chardev.backend}' "
@@ -184,7 +185,15 @@ def run(config: VMConfig) -> int:
             notify_parent()
 
     try:
-        return asyncio.run(serve(machine, specs, ready))
+        services: list[Service] = []
+        for provider in SERVICE_PROVIDERS:
+            services.extend(importlib.import_module(provider).services_for(config, machine))
+    except StartupError as err:
+        machine.close()
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(serve(machine, specs, ready, services))
     except OSError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 1
@@ -195,6 +204,8 @@ def run(config: VMConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv if argv is None else argv)
+    if len(args) > 1 and args[1] in SUBCOMMANDS:
+        return int(importlib.import_module(SUBCOMMANDS[args[1]]).main(args[2:]) or 0)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         config = parse_command_line(args)

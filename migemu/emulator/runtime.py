@@ -12,6 +12,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from migemu.emulator.machine import Machine, version_info
 from migemu.emulator.qmp.server import MonitorEndpoint, SocketSpec
@@ -21,10 +22,19 @@ from migemu.qapi.errors import QMPError
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+class Service(Protocol):
+    """Something served beside the QMP monitors (HMP consoles, qtest, the dashboard)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 async def serve(
     machine: Machine,
     qmp_specs: Sequence[SocketSpec],
     ready: Callable[[], None] | None = None,
+    services: Sequence[Service] = (),
 ) -> int:
     """Serve until shutdown; ``ready`` runs once every listener exists."""
     loop = asyncio.get_running_loop()
@@ -44,6 +54,8 @@ async def serve(
     try:
         for endpoint in endpoints:
             await endpoint.start()
+        for service in services:
+            await service.start()
         try:
             machine.start_incoming()
         except QMPError as err:
@@ -57,6 +69,8 @@ async def serve(
     finally:
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
+        for service in reversed(services):
+            await service.close()
         for endpoint in endpoints:
             await endpoint.close()
         machine.close()
