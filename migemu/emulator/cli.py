@@ -14,15 +14,19 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from migemu.emulator.cmdline import (
     CmdlineError,
     CmdlineExit,
+    GlobalProperty,
     MemoryBackendConfig,
     VMConfig,
     parse_command_line,
 )
 from migemu.emulator.machine import Machine, MachineOptions
+from migemu.emulator.migration.capabilities import apply_global, default_capabilities
+from migemu.emulator.migration.parameters import default_parameters
 from migemu.emulator.migration.settings import SettingsError
 from migemu.emulator.qmp.server import SocketSpec
 from migemu.emulator.ram import GuestRAM, RAMBlock, RAMError, map_anonymous, map_file
@@ -69,6 +73,9 @@ def monitor_specs(config: VMConfig) -> list[SocketSpec]:
         chardev = chardevs[mon.chardev]
         if mon.mode != "control":
             continue  # HMP (readline) monitors are a service: see SERVICE_PROVIDERS
+        if chardev.backend == "stdio":
+            specs.append(SocketSpec(stdio=True))
+            continue
         if chardev.backend != "socket":
             raise StartupError(
                 f"-chardev {chardev.backend},id={chardev.id}: QMP over a '{chardev.backend}' "
@@ -158,10 +165,21 @@ def daemonize() -> Callable[[], None]:
     return ready
 
 
+def check_global(prop: GlobalProperty) -> str | None:
+    """QEMU's error for one ``-global migration.*`` (parsed where QEMU applies globals)."""
+    if prop.driver != "migration":
+        return None
+    try:
+        apply_global(default_parameters(), default_capabilities(), prop.property, prop.value)
+    except QMPError as err:
+        return err.desc
+    return None
+
+
 def run(config: VMConfig) -> int:
     prog = config.prog_name
-    for warning in config.warnings:
-        print(warning, file=sys.stderr)
+    if config.warnings:
+        print(config.warnings_text(datetime.now(UTC)), file=sys.stderr)
     notify_parent = daemonize() if config.daemonize else None
     try:
         specs = monitor_specs(config)
@@ -208,9 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(importlib.import_module(SUBCOMMANDS[args[1]]).main(args[2:]) or 0)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
-        config = parse_command_line(args)
+        config = parse_command_line(args, check_global=check_global)
     except CmdlineError as err:
-        print(err.stderr_text(), file=sys.stderr)
+        print(err.stderr_text(datetime.now(UTC)), file=sys.stderr)
         return err.exit_code
     except CmdlineExit as err:
         print(err.text, end="" if err.text.endswith("\n") else "\n")

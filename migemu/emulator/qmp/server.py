@@ -34,8 +34,11 @@ class SocketSpec:
     port: int | None = None
     server: bool = True
     wait: bool = False
+    stdio: bool = False  # -qmp stdio: the process's stdin/stdout
 
     def describe(self) -> str:
+        if self.stdio:
+            return "stdio"
         if self.path is not None:
             return f"unix:{self.path}"
         return f"tcp:{self.host}:{self.port}"
@@ -44,8 +47,11 @@ class SocketSpec:
 class QMPConnection(asyncio.Protocol):
     """One client connection; it becomes active (greeted) when its endpoint says so."""
 
-    def __init__(self, endpoint: MonitorEndpoint) -> None:
+    def __init__(
+        self, endpoint: MonitorEndpoint, writer: asyncio.WriteTransport | None = None
+    ) -> None:
         self.endpoint = endpoint
+        self.writer = writer  # stdio: output goes to another transport than input
         self.transport: asyncio.Transport | None = None
         self.session: QMPSession | None = None
         self.parser = JSONStreamParser()
@@ -53,8 +59,7 @@ class QMPConnection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.endpoint.connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -64,6 +69,8 @@ class QMPConnection(asyncio.Protocol):
         self._feed(data)
 
     def eof_received(self) -> bool:
+        if self.writer is not None:  # stdin closed: QEMU treats it as the client leaving
+            self.endpoint.loop.call_soon(self.endpoint.stdio_closed)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -93,8 +100,67 @@ class QMPConnection(asyncio.Protocol):
                 self._send(response)
 
     def _send(self, obj: object) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_message(obj))
+        out = self.writer if self.writer is not None else self.transport
+        if out is not None and not out.is_closing():
+            out.write(encode_message(obj))
+
+
+class _StdoutWriter:
+    """stdout as a write transport; blocking writes are fine for one monitor's replies, and
+    work whatever stdout is (pipe, file, terminal)."""
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view) :]
+        except OSError:
+            self._closed = True
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _StdioPipe:
+    """stdin read by a thread (it may be a regular file, which the event loop cannot
+    watch), data handed to the connection on the loop."""
+
+    def __init__(self, conn: QMPConnection, loop: asyncio.AbstractEventLoop) -> None:
+        self.conn = conn
+        self.loop = loop
+        self._closing = False
+
+    @classmethod
+    def open(cls, conn: QMPConnection, loop: asyncio.AbstractEventLoop) -> None:
+        pipe = cls(conn, loop)
+        conn.connection_made(pipe)  # type: ignore[arg-type]
+        threading.Thread(target=pipe._read, name="qmp-stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(0, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.loop.call_soon_threadsafe(self.conn.eof_received)
+                return
+            self.loop.call_soon_threadsafe(self.conn.data_received, data)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def write(self, data: bytes) -> None:  # output goes through the connection's writer
+        raise RuntimeError("write to stdin")
 
 
 class MonitorEndpoint:
@@ -120,6 +186,9 @@ class MonitorEndpoint:
 
     async def start(self) -> None:
         spec = self.spec
+        if spec.stdio:
+            _StdioPipe.open(QMPConnection(self, _StdoutWriter()), self.loop)
+            return
         if spec.server:
             if spec.path is not None:
                 if os.path.exists(spec.path):
@@ -152,6 +221,11 @@ class MonitorEndpoint:
             conn.activate(self.session_factory())
         else:
             self.pending.append(conn)
+
+    def stdio_closed(self) -> None:
+        """End of stdin on a ``-qmp stdio`` monitor: nothing more will be read."""
+        if self.active is not None:
+            self.active.session = None
 
     def disconnected(self, conn: QMPConnection) -> None:
         if conn in self.pending:
