@@ -199,7 +199,6 @@ class OutgoingMigration:
         reason = error.desc if error is not None and not first else desc
         if error is not None and error.desc == CANCELLED_DESC:
             return
-        log.error("%s", reason)
         self.sm.fail(reason)
 
     def _cleanup(self) -> None:
