@@ -252,3 +252,18 @@ async def test_sweep_guest_resumes_on_destination(cluster, tmp_path):
 
     with open(dst.ram, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mem:
         assert check_sweep(memoryview(mem)) is None
+
+
+async def test_exec_save_and_restore(cluster, tmp_path, image):
+    """``migrate exec:CMD`` writes the stream to a command (here: a file); a destination
+    started with ``-incoming exec:CMD`` loads it back: the classic save/restore to file."""
+    dump = tmp_path / "stream.bin"
+    src = await cluster.start("src", mem_mib=MIB, image=image, share=False)
+    await src.cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+    await src.cmd("migrate", {"uri": f"exec:cat > {dump}"})
+    assert (await src.wait_status(["completed", "failed"]))["status"] == "completed"
+    assert dump.read_bytes()[:4] == b"QEVM"
+    dst = await cluster.start("dst", mem_mib=MIB, incoming=f"exec:cat {dump}")
+    assert (await dst.wait_status(["completed", "failed"]))["status"] == "completed"
+    assert sha256(dst.ram) == sha256(image)
+    assert "socket-address" not in await dst.cmd("query-migrate")

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from migemu.emulator.migration.link import ErrorLatch, Link, Listener
+from migemu.emulator.migration.link import ErrorLatch, ExecSource, Link, Listener
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
@@ -153,7 +153,7 @@ class IncomingMigration:
     def __init__(
         self,
         ctx: IncomingContext,
-        listener: Listener,
+        listener: Listener | ExecSource,
         sm: MigrationStateMachine,
         on_finish: Callable[[IncomingMigration], None],
     ) -> None:
@@ -176,8 +176,9 @@ class IncomingMigration:
     def start(self) -> None:
         self.thread.start()
 
-    def socket_address(self) -> list[dict[str, object]]:
-        return [self.listener.socket_address()]
+    def socket_address(self) -> list[dict[str, object]] | None:
+        address = self.listener.socket_address()
+        return None if address is None else [address]
 
     @property
     def listening(self) -> bool:

@@ -338,3 +338,37 @@ class Listener:
         if self.address.kind == "unix":
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)
+
+
+class ExecSource:
+    """``-incoming exec:CMD``: the stream is the standard output of ``sh -c CMD``.
+
+    It stands in for a ``Listener`` with a single connection (exec carries no multifd
+    channels) and no socket address to report.
+    """
+
+    def __init__(self, address: MigrationAddress) -> None:
+        self.address = address
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._closed = False
+
+    def socket_address(self) -> dict[str, object] | None:
+        return None
+
+    def wait_pending(self, timeout_s: float) -> bool:
+        return False
+
+    def accept(self, latch: ErrorLatch, name: str) -> Link:
+        latch.check()
+        if self.proc is not None:
+            raise PeerBroken("exec: migration carries a single channel")
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", self.address.command], stdout=subprocess.PIPE, close_fds=True
+        )
+        assert self.proc.stdout is not None
+        fd = os.dup(self.proc.stdout.fileno())
+        self.proc.stdout.close()
+        return Link(_PipeStream(self.proc, fd), latch, name)
+
+    def close(self) -> None:
+        self._closed = True

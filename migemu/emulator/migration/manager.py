@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from migemu.emulator.migration.incoming import IncomingContext, IncomingMigration
 from migemu.emulator.migration.info import query_migrate
-from migemu.emulator.migration.link import ConnectError, Listener
+from migemu.emulator.migration.link import ConnectError, ExecSource, Listener
 from migemu.emulator.migration.outgoing import OutgoingContext, OutgoingMigration
 from migemu.emulator.migration.state import (
     MigrationEvent,
@@ -142,10 +142,11 @@ class MigrationManager:
             raise QMPError(f"unknown migration protocol: {uri}") from err
         except UriError as err:
             raise QMPError(err.desc) from err
-        if address.kind not in ("tcp", "unix"):
-            raise QMPError(f"migemu cannot receive a migration over {address.kind}: yet")
+        if address.kind not in ("tcp", "unix", "exec"):
+            raise QMPError(f"migemu cannot receive a migration over {address.kind}")
+        listener: Listener | ExecSource
         try:
-            listener = Listener(address)
+            listener = ExecSource(address) if address.kind == "exec" else Listener(address)
         except ConnectError as err:
             raise QMPError(err.desc) from err
         machine = self.machine
