@@ -14,10 +14,18 @@ from harness import QEMU, Cluster, make_image, page_stats, qemu_cmd, setup_pair,
 pytestmark = pytest.mark.asyncio
 
 MIB = 32
-SRC_EVENTS_IDLE = [
-    "MIGRATION:setup", "MIGRATION_PASS:1", "MIGRATION:active",
-    "MIGRATION_PASS:2", "STOP", "MIGRATION_PASS:3", "MIGRATION:completed",
-]  # fmt: skip
+
+
+def src_events_idle(syncs: int) -> list[str]:
+    """QEMU's source events for an idle guest (REC): the pass before STOP happens only once
+    a 100 ms bandwidth window gave a threshold; a very fast migration completes without."""
+    before_stop = ["MIGRATION_PASS:2"] if syncs == 3 else []
+    return [
+        "MIGRATION:setup", "MIGRATION_PASS:1", "MIGRATION:active", *before_stop,
+        "STOP", f"MIGRATION_PASS:{syncs}", "MIGRATION:completed",
+    ]  # fmt: skip
+
+
 DST_EVENTS = ["MIGRATION:setup", "MIGRATION:active", "RESUME", "MIGRATION:completed"]
 
 
@@ -58,13 +66,13 @@ async def test_multifd_migration(cluster, image, method, channels):
     assert ram["total"] == MIB << 20
     assert ram["duplicate"] == zero and ram["normal"] == nonzero
     assert ram["normal-bytes"] == nonzero * 4096
-    assert ram["remaining"] == 0 and ram["dirty-sync-count"] == 3
+    assert ram["remaining"] == 0 and ram["dirty-sync-count"] in (2, 3)
     # 7.2 counts multifd-bytes as headers + uncompressed pages (facts 4.5)
     assert ram["multifd-bytes"] >= nonzero * 4096
     assert (await src.cmd("query-status"))["status"] == "postmigrate"
     assert (await dst.cmd("query-status"))["status"] == "running"
     await src.wait_status(["completed"])
-    assert src.event_names() == SRC_EVENTS_IDLE
+    assert src.event_names() == src_events_idle(ram["dirty-sync-count"])
     assert dst.event_names() == DST_EVENTS
 
 

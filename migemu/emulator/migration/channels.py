@@ -1,6 +1,6 @@
 """multifd send channels: one thread per channel, as QEMU's multifdsend_<id> (emulator layer).
 
-The migration thread hands a packet's pages to the next idle channel, round-robin, waiting
+The migration thread hands a packet's pages to an idle channel (the longest idle), waiting
 while all are busy; each channel thread compresses with its own stream (kept for the
 channel's life) and writes header + payload on its own connection. ``sync()`` is QEMU's
 ``multifd_send_sync_main``: every channel writes one SYNC packet and the caller waits until
@@ -10,10 +10,12 @@ error; from then on no channel writes anything, and waiters wake up.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from migemu.emulator.migration import faults
 from migemu.emulator.migration.link import ErrorLatch, Link
 from migemu.emulator.migration.stats import MigrationStats
 from migemu.multifd.constants import PACKET_HEADER_WIRE_SIZE
@@ -47,7 +49,7 @@ class SendChannel:
         self.id = channel_id
         self.link = link
         self.encoder = encoder
-        self.job: Job | None = None
+        self.jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self.thread = threading.Thread(
             target=self._run, name=f"multifdsend_{channel_id}", daemon=True
         )
@@ -57,10 +59,7 @@ class SendChannel:
         try:
             self.link.send(self.encoder.greeting())
             while True:
-                with pool.cond:
-                    while self.job is None:
-                        pool.cond.wait()
-                    job = self.job
+                job = self.jobs.get()
                 if job.stop:
                     return
                 pool.latch.check()
@@ -68,25 +67,24 @@ class SendChannel:
                 header, payload = self.encoder.packet(
                     num, job.ramblock, job.offsets, list(job.pages), sync=job.sync
                 )
+                header, payload = faults.on_packet(self, header, payload)
                 self.link.sendv([header, payload])
                 pool.stats.add_multifd_wire_bytes(len(header) + len(payload))
-                with pool.cond:
-                    self.job = None
-                    if job.sync:
-                        pool.synced.add(self.id)
-                    pool.cond.notify_all()
+                pool.idle.put(self.id)  # ready for the next packet
         except MultiFDError as err:
             pool.latch.fail(err)
         except Exception as err:  # a bug: fail the migration, never hang it
             pool.latch.fail(MultiFDError(f"multifd {self.id}: internal error: {err!r}"))
-        finally:
-            with pool.cond:
-                self.job = None
-                pool.cond.notify_all()
 
 
 class ChannelPool:
-    """The N send channels of one migration."""
+    """The N send channels of one migration.
+
+    Each channel has its own job queue, and ``idle`` holds the ids of channels with nothing
+    to do: a submit takes an idle channel (waiting while there is none), the channel puts
+    its id back when its packet is written. No shared condition variable, so a finished
+    packet wakes exactly one waiter.
+    """
 
     def __init__(
         self,
@@ -100,71 +98,50 @@ class ChannelPool:
         self.latch = latch
         self.stats = stats
         self.numbers = PacketNumbers()
-        self.cond = threading.Condition()
-        self.synced: set[int] = set()
+        self.idle: queue.Queue[int] = queue.Queue()
         self.channels = [
             SendChannel(self, i, link, ChannelEncoder(i, method, level, uuid))
             for i, link in enumerate(links)
         ]
-        self._next = 0
-        latch.register(self._wake)
-
-    def _wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+        for channel in self.channels:
+            self.idle.put(channel.id)
 
     def start(self) -> None:
         for channel in self.channels:
             channel.thread.start()
 
-    def _wait(self) -> None:
-        self.latch.check()
-        self.cond.wait(WAIT_SLICE_S)
-        self.latch.check()
+    def _take_idle(self) -> int:
+        while True:
+            self.latch.check()
+            try:
+                return self.idle.get(timeout=WAIT_SLICE_S)
+            except queue.Empty:
+                continue
 
     def submit(self, ramblock: str, offsets: Sequence[int], pages: Sequence[Buffer]) -> None:
-        """Queue one packet on the next idle channel (round-robin), waiting if none is."""
-        job = Job(ramblock, tuple(offsets), tuple(pages))
-        n = len(self.channels)
+        """Queue one packet on an idle channel, waiting if none is."""
         self.stats.add_multifd_packet(PACKET_HEADER_WIRE_SIZE, len(offsets))
-        with self.cond:
-            while True:
-                for k in range(n):
-                    channel = self.channels[(self._next + k) % n]
-                    if channel.job is None:
-                        channel.job = job
-                        self._next = (channel.id + 1) % n
-                        self.cond.notify_all()
-                        return
-                self._wait()
+        cid = self._take_idle()
+        self.channels[cid].jobs.put(Job(ramblock, tuple(offsets), tuple(pages)))
 
     def sync(self) -> None:
-        """Every channel writes one SYNC packet; returns once all of them have."""
-        with self.cond:
-            self.synced.clear()
-            pending = list(self.channels)
-            while pending:
-                for channel in list(pending):
-                    if channel.job is None:
-                        channel.job = Job(sync=True)
-                        self.stats.add_multifd_packet(PACKET_HEADER_WIRE_SIZE, 0)
-                        pending.remove(channel)
-                self.cond.notify_all()
-                if pending:
-                    self._wait()
-            while len(self.synced) < len(self.channels):
-                self._wait()
+        """Every channel writes one SYNC packet after its pending one; returns once all of
+        them have (QEMU's multifd_send_sync_main)."""
+        n = len(self.channels)
+        for _ in range(n):  # every channel idle: its earlier packets are out
+            self._take_idle()
+        for channel in self.channels:
+            self.stats.add_multifd_packet(PACKET_HEADER_WIRE_SIZE, 0)
+            channel.jobs.put(Job(sync=True))
+        for _ in range(n):  # every SYNC written
+            self._take_idle()
+        for channel in self.channels:
+            self.idle.put(channel.id)
 
     def stop(self) -> None:
-        """Let every channel finish its job and end its thread; close the links."""
-        with self.cond:
-            for channel in self.channels:
-                while channel.job is not None and channel.thread.is_alive():
-                    if self.latch.failed:
-                        break
-                    self.cond.wait(WAIT_SLICE_S)
-                channel.job = STOP
-            self.cond.notify_all()
+        """Let every channel finish its packet and end its thread; close the links."""
+        for channel in self.channels:
+            channel.jobs.put(STOP)
         for channel in self.channels:
             if channel.thread.is_alive():
                 channel.thread.join()
