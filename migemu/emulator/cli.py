@@ -36,7 +36,7 @@ from migemu.qapi.errors import QMPError
 
 # Modules with ``services_for(config, machine) -> list[Service]``: what runs beside the QMP
 # monitors (HMP consoles, the qtest socket, the dashboard), each built from the command line.
-SERVICE_PROVIDERS: tuple[str, ...] = ()
+SERVICE_PROVIDERS: tuple[str, ...] = ("migemu.emulator.hmp.server",)
 # ``migemu SUBCOMMAND ...``: tools that are not a QEMU command line, each a module with main().
 SUBCOMMANDS: dict[str, str] = {}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from migemu.emulator.hmp import info
+from migemu.emulator.hmp.qemu_help import HELP_TEXT, INFO_HELP_TEXT
 from migemu.emulator.hmp.values import (
     FALSE_WORDS,
     TRUE_WORDS,
@@ -22,6 +23,7 @@ from migemu.emulator.hmp.values import (
     parse_size_param,
     parse_uint,
 )
+from migemu.emulator.migration.state import MigrationStatus
 from migemu.qapi.errors import QMPError
 
 if TYPE_CHECKING:
@@ -103,7 +105,29 @@ def _set_capability(con: HMPConsole, a: dict[str, Any]) -> str:
 
 
 def _migrate(con: HMPConsole, a: dict[str, Any]) -> str:
-    con.qmp("migrate", {"uri": a["uri"], "detach": bool(a.get("d"))})
+    args: dict[str, Any] = {"uri": a["uri"], "detach": True}
+    for flag, member in (("b", "blk"), ("i", "inc"), ("r", "resume")):
+        if a.get(flag):
+            args[member] = True
+    con.qmp("migrate", args)
+    if a.get("d"):
+        return ""
+    if not con.interactive:
+        return SYNC_MIGRATE_REFUSED
+    con._wait = True
+    return ""
+
+
+def _continue(con: HMPConsole, a: dict[str, Any]) -> str:
+    if a["state"] not in MIGRATION_STATUSES:
+        raise QMPError(f"invalid parameter value: {a['state']}")
+    con.qmp("migrate-continue", {"state": a["state"]})
+    return ""
+
+
+def _quit(con: HMPConsole, a: dict[str, Any]) -> str:
+    con._suspend = True
+    con.qmp("quit")
     return ""
 
 
@@ -132,7 +156,7 @@ COMMANDS: tuple[HMPCommand, ...] = (
     HMPCommand(
         "migrate",
         "[-d] [-b] [-i] [-r] uri",
-        (("d", "-d"), ("uri", "s")),
+        (("d", "-d"), ("b", "-b"), ("i", "-i"), ("r", "-r"), ("uri", "s")),
         "migrate to URI (using -d to not wait for completion)",
         _migrate,
         needs="migrate",
@@ -150,7 +174,7 @@ COMMANDS: tuple[HMPCommand, ...] = (
         "state",
         (("state", "s"),),
         "Continue migration from the given paused state",
-        _simple("migrate-continue", "state"),
+        _continue,
         needs="migrate-continue",
     ),
     HMPCommand(
@@ -175,20 +199,29 @@ COMMANDS: tuple[HMPCommand, ...] = (
         "Set the parameter for migration",
         _set_parameter,
     ),
-    HMPCommand("quit|q", "", (), "quit the emulator", _simple("quit")),
+    HMPCommand("quit|q", "", (), "quit the emulator", _quit),
     HMPCommand("stop|s", "", (), "stop emulation", _simple("stop")),
 )
 
 
+def _flag_later(flag: str, args: tuple[tuple[str, str], ...]) -> bool:
+    return any(kind == f"-{flag}" for _, kind in args)
+
+
 def parse_args(cmd: HMPCommand, words: list[str], shown_name: str) -> dict[str, Any]:
-    """Fit ``words`` to the command's spec, with QEMU's monitor errors."""
+    """Fit ``words`` to the command's spec, with QEMU's monitor errors (``shown_name`` is
+    the table name, aliases included, as QEMU prefixes its argument errors)."""
     out: dict[str, Any] = {}
     i = 0
-    for name, kind in cmd.args:
+    for pos, (name, kind) in enumerate(cmd.args):
         if kind.startswith("-"):
-            if i < len(words) and words[i] == kind:
-                out[name] = True
-                i += 1
+            if i < len(words) and words[i].startswith("-"):
+                flag = words[i][1:2]
+                if words[i] == kind:
+                    out[name] = True
+                    i += 1
+                elif not _flag_later(flag, cmd.args[pos + 1 :]):
+                    raise ArgError(f"{shown_name}: unsupported option -{flag}")
             continue
         if i >= len(words):
             if kind.endswith("?"):
@@ -209,11 +242,55 @@ def parse_args(cmd: HMPCommand, words: list[str], shown_name: str) -> dict[str, 
     return out
 
 
-class HMPConsole:
-    """One HMP monitor's command interpreter."""
+@dataclass(frozen=True)
+class Result:
+    """What one command line did: its text, and what the monitor must do next."""
 
-    def __init__(self, machine: Machine) -> None:
+    text: str  # CRLF line ends
+    wait_migration: bool = False  # synchronous ``migrate``: suspend until it ends
+    suspend: bool = False  # ``quit``: the monitor reads and prints nothing more
+
+
+def _qemu_entries(text: str) -> dict[str, str]:
+    """Alias -> that command's help entry (its line and tab-indented continuation lines)."""
+    entries: dict[str, str] = {}
+    current: list[str] = []
+    names: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("\t") and current:
+            current.append(line)
+            continue
+        if current:
+            for n in names:
+                entries.setdefault(n, "".join(current))
+        head = line.split(" ", 1)[0]
+        if head == "info" and text is INFO_HELP_TEXT:
+            head = line.split(" ", 2)[1]
+        names, current = head.split("|"), [line]
+    if current:
+        for n in names:
+            entries.setdefault(n, "".join(current))
+    return entries
+
+
+QEMU_COMMANDS = _qemu_entries(HELP_TEXT)
+QEMU_INFO = _qemu_entries(INFO_HELP_TEXT)
+MIGRATION_STATUSES = frozenset(s.value for s in MigrationStatus)
+SYNC_MIGRATE_REFUSED = "terminal does not allow synchronous migration, continuing detached\n"
+
+
+class HMPConsole:
+    """One HMP monitor's command interpreter.
+
+    ``interactive`` is True for a monitor with a terminal (readline): there ``migrate``
+    without ``-d`` waits; through ``human-monitor-command`` it cannot and says so.
+    """
+
+    def __init__(self, machine: Machine, interactive: bool = False) -> None:
         self.machine = machine
+        self.interactive = interactive
+        self._wait = False
+        self._suspend = False
 
     def qmp(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
         return self.machine.dispatcher.execute(name, arguments)
@@ -230,15 +307,20 @@ class HMPConsole:
 
     def help_text(self, name: str | None) -> str:
         if name is None:
-            return "".join(c.help_line() for c in self.commands())
+            return HELP_TEXT
         if name == "info":
-            return "".join(s.help_line("info ") for s in info.SUBCOMMANDS)
-        cmd = self.find(name)
-        return cmd.help_line() if cmd else f"unknown command: '{name}'\n"
+            return INFO_HELP_TEXT
+        return QEMU_COMMANDS.get(name, f"unknown command: '{name}'\n")
 
     def execute(self, line: str) -> str:
         """Run one command line; returns QEMU's output text with CRLF line ends."""
-        return self._run(line).replace("\n", "\r\n")
+        return self.run(line).text
+
+    def run(self, line: str) -> Result:
+        """Run one command line; the text and what a readline monitor does next."""
+        self._wait = self._suspend = False
+        text = self._run(line).replace("\n", "\r\n")
+        return Result(text, self._wait, self._suspend)
 
     def _run(self, line: str) -> str:
         words = line.split()
@@ -246,27 +328,31 @@ class HMPConsole:
             return ""
         if words[0] == "info":
             return self._info(words[1:])
+        if words[0] in ("help", "?"):
+            if len(words) > 2 and words[1] == "info":
+                entry = QEMU_INFO.get(words[2])
+                return entry if entry else f"unknown command: 'info {words[2]}'\n"
+            return self.help_text(words[1] if len(words) > 1 else None)
         cmd = self.find(words[0])
         if cmd is None:
+            if words[0] in QEMU_COMMANDS:
+                return f"Error: migemu does not emulate the HMP command '{words[0]}'\n"
             return f"unknown command: '{words[0]}'\n"
-        if cmd.names[0] == "help" and len(words) > 1:
-            if words[1] == "info" and len(words) > 2:
-                sub = info.find(words[2])
-                return sub.help_line("info ") if sub else f"unknown command: '{words[2]}'\n"
-            return self.help_text(words[1])
         try:
-            args = parse_args(cmd, words[1:], cmd.names[0])
+            args = parse_args(cmd, words[1:], cmd.name)
             return cmd.run(self, args)
         except ArgError as err:
-            return f'{err}\nTry "help {cmd.names[0]}" for more information\n'
+            return f'{err}\nTry "help {words[0]}" for more information\n'
         except QMPError as err:
             return f"Error: {err.desc}\n"
 
     def _info(self, words: list[str]) -> str:
         if not words:
-            return self.help_text("info")
+            return INFO_HELP_TEXT
         sub = info.find(words[0])
         if sub is None:
+            if words[0] in QEMU_INFO:
+                return f"Error: migemu does not emulate 'info {words[0]}'\n"
             return f"unknown command: 'info {words[0]}'\n"
         if len(words) > 1:
             return (
@@ -278,5 +364,29 @@ class HMPConsole:
         except QMPError as err:
             return f"Error: {err.desc}\n"
 
+    # -- completion (monitor_find_completion) ------------------------------------------------
 
-__all__ = ["COMMANDS", "FALSE_WORDS", "TRUE_WORDS", "HMPCommand", "HMPConsole"]
+    def complete(self, text: str) -> tuple[list[str], int]:
+        """Tab completion of the text left of the cursor: (candidates, typed length)."""
+        words = text.split()
+        if not words or not text[-1:].isspace() and len(words) == 1:
+            typed = words[0] if words else ""
+            return [n for n in QEMU_COMMANDS if n.startswith(typed)], len(typed)
+        typed = "" if text[-1].isspace() else words[-1]
+        position = len(words) if text[-1].isspace() else len(words) - 1
+        head = words[0]
+        names: list[str] = []
+        if head == "info" and position == 1:
+            names = list(QEMU_INFO)
+        elif head in ("help", "?") and position == 1:
+            names = list(QEMU_COMMANDS)
+        elif head == "migrate_set_capability" and position == 1:
+            names = [c["capability"] for c in self.qmp("query-migrate-capabilities")]
+        elif head == "migrate_set_capability" and position == 2:
+            names = ["on", "off"]
+        elif head == "migrate_set_parameter" and position == 1:
+            names = list(self.qmp("query-migrate-parameters"))
+        return [n for n in names if n.startswith(typed)], len(typed)
+
+
+__all__ = ["COMMANDS", "FALSE_WORDS", "TRUE_WORDS", "HMPCommand", "HMPConsole", "Result"]
