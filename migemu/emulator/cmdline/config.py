@@ -146,6 +146,7 @@ class VMConfig:
     disk_images: tuple[str, ...] = ()  # bare arguments (QEMU's hda)
     guest: GuestWorkload = field(default_factory=GuestWorkload)
     dashboard: tuple[str, int] | None = None  # migemu-only -dashboard HOST:PORT
+    migemu_faults: tuple[str, ...] = ()  # migemu-only -migemu-fault SPEC, raw
     warnings: tuple[str, ...] = ()  # full stderr lines QEMU would print and go on
     warning_timestamps: tuple[bool, ...] = ()  # per warning: printed after -msg timestamp=on
 

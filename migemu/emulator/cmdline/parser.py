@@ -744,6 +744,16 @@ def _opt_guest(b: _Builder, arg: str, loc: _Loc) -> None:
     )
 
 
+def _opt_fault(b: _Builder, arg: str, loc: _Loc) -> None:
+    from migemu.emulator.migration.faults import FaultSpecError, parse_spec
+
+    try:
+        parse_spec(arg)
+    except FaultSpecError as err:
+        raise b.fail(str(err), loc) from err
+    b.values["migemu_faults"] = (*b.values.get("migemu_faults", ()), arg)  # type: ignore[misc]
+
+
 def _opt_dashboard(b: _Builder, arg: str, loc: _Loc) -> None:
     host, colon, port = arg.rpartition(":")
     if not colon or not port.isdigit() or int(port) > 65535:
@@ -807,6 +817,7 @@ _OPTION_LIST: tuple[OptionSpec, ...] = (
         "idle|dirty[,rate=PAGES_PER_S][,seed=N]|sweep  (migemu) guest workload",
     ),
     OptionSpec("dashboard", True, _opt_dashboard, "HOST:PORT  (migemu) serve the HTTP dashboard"),
+    OptionSpec("migemu-fault", True, _opt_fault, "SPEC  (migemu) inject a migration fault"),
 )
 
 # Real QEMU options migemu does not emulate: known (so not "invalid option"), then refused.

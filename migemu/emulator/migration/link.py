@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from migemu.emulator.migration import faults
 from migemu.emulator.migration.info import inet_socket_address, unix_socket_address
 from migemu.emulator.migration.uri import MigrationAddress
 from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken
@@ -137,6 +138,7 @@ class Link:
         self.bytes_received = 0
         self._closed = False
         latch.register(self._shutdown)
+        self.record = faults.track(self)
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):
@@ -147,6 +149,7 @@ class Link:
         view = memoryview(data).cast("B")
         while view:
             self.latch.check()
+            faults.on_io(self, "send")
             try:
                 n = self.stream.send(view)
             except OSError as err:
@@ -163,6 +166,7 @@ class Link:
         views = [memoryview(b).cast("B") for b in buffers if len(b)]
         while views:
             self.latch.check()
+            faults.on_io(self, "send")
             try:
                 n = self.stream.sendmsg(views[:64])
             except OSError as err:
@@ -179,6 +183,7 @@ class Link:
     def recv_into(self, buf: memoryview) -> int:
         """Read some bytes (0 at EOF); a failure latches ``Unable to read from …``."""
         self.latch.check()
+        faults.on_io(self, "recv")
         try:
             n = self.stream.recv_into(buf)
         except OSError as err:

@@ -25,6 +25,7 @@ import numpy as np
 from migemu.emulator.events import EventBus
 from migemu.emulator.guest.dirty import DirtyBitmap, mask_runs
 from migemu.emulator.guest.zero import split_zero_runs
+from migemu.emulator.migration import faults
 from migemu.emulator.migration.channels import ChannelPool
 from migemu.emulator.migration.link import ConnectError, ErrorLatch, Link, connect
 from migemu.emulator.migration.settings import MigrationSettings
@@ -273,6 +274,7 @@ class OutgoingMigration:
 
     def _setup(self) -> None:
         assert self.writer is not None
+        faults.phase(faults.Phase.SETUP)
         blocks = self.ctx.ram.blocks
         for block in blocks:
             self.ctx.dirty[block.name].mark_all()  # every page goes once
@@ -294,6 +296,7 @@ class OutgoingMigration:
     def _iterate(self) -> None:
         """One ram_save_iterate: a SECTION_PART with pages until the budget or 50 ms is out."""
         assert self.writer is not None
+        faults.phase(faults.Phase.ITERATE)
         self.writer.ram(self.encoder.ram_part(), vm_running=True)
         deadline = time.monotonic() + MAX_ITERATE_S
         self._send_pending(until=deadline)
@@ -352,6 +355,7 @@ class OutgoingMigration:
     def _complete(self) -> None:
         """migration_completion: stop the guest, last pass, device state, EOF."""
         assert self.writer is not None
+        faults.phase(faults.Phase.SWITCHOVER)
         vm = self.ctx.vm
         self.vm_was_running = vm.running
         runstate = vm.state.value

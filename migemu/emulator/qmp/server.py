@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from migemu.emulator.events import Event, EventBus
+from migemu.emulator.migration import faults
 from migemu.emulator.qmp.session import QMPSession
 from migemu.qapi.qjson import JSONStreamParser, encode_message
 
@@ -240,6 +241,8 @@ class MonitorEndpoint:
                     nxt.activate(self.session_factory())
 
     def _on_event(self, event: Event) -> None:
+        if faults.defer_event(self.loop, self._deliver, event, self):
+            return
         if threading.get_ident() == self._loop_thread:
             self._deliver(event)
         else:
