@@ -127,11 +127,7 @@ class ReadLine:
             self.last_index = 0
             # QEMU's update after the command finds nothing changed: nothing more to print.
             return line
-        elif ch == 14:
-            self._down()
-        elif ch == 16:
-            self._up()
-        elif ch == 23:
+        elif ch == 23:  # (^N/^P history keys came after 7.2: here they do nothing)
             self._backword()
         elif ch == 27:
             self.esc = _Esc.ESC
@@ -229,7 +225,6 @@ class ReadLine:
             self.hist_entry += 1
             self.buf = self.history[self.hist_entry][:CMD_BUF_SIZE]
         else:
-            self.hist_entry += 1  # QEMU's pre-increment happens even when it then clears
             self.buf = ""
             self.hist_entry = -1
         self.index = len(self.buf)
