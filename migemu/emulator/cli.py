@@ -36,9 +36,12 @@ from migemu.qapi.errors import QMPError
 
 # Modules with ``services_for(config, machine) -> list[Service]``: what runs beside the QMP
 # monitors (HMP consoles, the qtest socket, the dashboard), each built from the command line.
-SERVICE_PROVIDERS: tuple[str, ...] = ("migemu.emulator.hmp.server",)
+SERVICE_PROVIDERS: tuple[str, ...] = (
+    "migemu.emulator.hmp.server",
+    "migemu.emulator.dashboard.provider",
+)
 # ``migemu SUBCOMMAND ...``: tools that are not a QEMU command line, each a module with main().
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {"dashboard": "migemu.tools.dashboard"}
 
 DEFAULT_RAM_MIB = {"none": 0}  # other machine types: 128 MiB, QEMU's default
 PC_RAM_NAME = "pc.ram"
