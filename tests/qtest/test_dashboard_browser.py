@@ -4,7 +4,8 @@ The browser test starts a source with ``-dashboard 127.0.0.1:0`` (it prints wher
 on stderr) and a destination, opens the page with playwright driving /usr/bin/chromium (never
 a downloaded browser; skipped when either is missing), migrates over QMP and waits for the
 page to show ``completed`` and a drawn chart. The attach test serves a running migemu's spare
-QMP monitor with ``migemu dashboard`` and follows a migration through the JSON API.
+QMP monitor with ``migemu dashboard --writable``, starts a migration through the API with the
+token printed on stderr and follows it to the end through the JSON API and /metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from harness import DEADLINE_S, Cluster, make_image, migemu_cmd, setup_pair
+from harness import DEADLINE_S, QEMU, Cluster, make_image, migemu_cmd, qemu_cmd, setup_pair
 
 pytestmark = pytest.mark.asyncio
 
@@ -128,7 +129,7 @@ async def test_page_follows_a_migration(cluster, tmp_path):
             await browser.close()
 
 
-async def test_attach_mode_follows_a_migration(cluster, tmp_path):
+async def test_attach_mode_runs_a_migration(cluster, tmp_path):
     image = tmp_path / "image.ram"
     make_image(image, 8, seed=4)
     spare = tmp_path / "spare.sock"
@@ -143,7 +144,7 @@ async def test_attach_mode_follows_a_migration(cluster, tmp_path):
     url_file = tmp_path / "dashboard.url"
     log = open(tmp_path / "attach.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [*migemu_cmd(), "dashboard", "--url-file", str(url_file), str(spare)],
+        [*migemu_cmd(), "dashboard", "--writable", "--url-file", str(url_file), str(spare)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -152,6 +153,11 @@ async def test_attach_mode_follows_a_migration(cluster, tmp_path):
         await wait_for(lambda: url_file.exists() or proc.poll() is not None, "no URL file")
         assert proc.poll() is None, (tmp_path / "attach.log").read_text()
         url = url_file.read_text().strip()
+        token = await wait_for(
+            lambda: re.findall(r"#token=(\S+)", (tmp_path / "attach.log").read_text()),
+            "no token on stderr",
+        )
+        auth = {"Authorization": f"Bearer {token[0]}"}
         uri = await setup_pair(src, dst, multifd=True, method="zlib")
         async with aiohttp.ClientSession() as session:
 
@@ -163,9 +169,11 @@ async def test_attach_mode_follows_a_migration(cluster, tmp_path):
             assert (await get("api/status"))["status"] == "running"
             caps = {c["capability"]: c["state"] for c in await get("api/capabilities")}
             assert caps["multifd"] is True
-            async with session.post(url + "api/command/stop") as resp:
-                assert resp.status == 405  # read-only unless --writable
-            await src.cmd("migrate", {"uri": uri})
+            migrate = url + "api/command/migrate"
+            async with session.post(migrate, json={"uri": uri}) as resp:
+                assert resp.status == 403  # writable, but only with the token
+            async with session.post(migrate, json={"uri": uri}, headers=auth) as resp:
+                assert resp.status == 200 and await resp.json() == {"return": {}}
             await src.wait_status(["completed"])
             end = time.monotonic() + DEADLINE_S
             while True:  # events reach the dashboard over its own QMP connection
@@ -184,3 +192,51 @@ async def test_attach_mode_follows_a_migration(cluster, tmp_path):
             proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     assert not url_file.exists()
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+async def test_attach_mode_on_real_qemu(cluster, tmp_path):
+    spare = tmp_path / "spare.sock"
+    qemu = await cluster.start(
+        "qemu", mem_mib=8, binary=qemu_cmd(), extra=["-qmp", f"unix:{spare},server=on,wait=off"]
+    )
+    url_file = tmp_path / "dashboard.url"
+    log_path = tmp_path / "attach.log"
+    log = open(log_path, "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [*migemu_cmd(), "dashboard", "--writable", "--url-file", str(url_file), str(spare)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        await wait_for(lambda: url_file.exists() or proc.poll() is not None, "no URL file")
+        assert proc.poll() is None, log_path.read_text()
+        url = url_file.read_text().strip()
+        (token,) = re.findall(r"#token=(\S+)", log_path.read_text())
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "api/snapshot") as resp:
+                snapshot = await resp.json()
+            assert snapshot["identity"]["version"]["qemu"]["major"] == 7
+            assert snapshot["status"]["status"] == "running"
+            auth = {"Authorization": f"Bearer {token}"}
+            async with session.post(url + "api/command/stop", headers=auth) as resp:
+                assert resp.status == 200
+            assert (await qemu.cmd("query-status"))["status"] == "paused"
+
+            async def stopped_seen() -> bool:
+                async with session.get(url + "api/events") as resp:
+                    return "STOP" in [e["event"] for e in await resp.json()]
+
+            end = time.monotonic() + DEADLINE_S
+            while not await stopped_seen():  # QEMU's event, through qemu.qmp
+                assert time.monotonic() < end, "no STOP event from QEMU"
+                await asyncio.sleep(0.02)
+            async with session.get(url + "metrics") as resp:
+                metrics = await resp.text()
+            assert 'migemu_vm_status{status="paused"} 1' in metrics
+            assert 'migemu_migration_status{status="none"} 1' in metrics
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
