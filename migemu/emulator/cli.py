@@ -42,6 +42,8 @@ SERVICE_PROVIDERS: tuple[str, ...] = (
 )
 # ``migemu SUBCOMMAND ...``: tools that are not a QEMU command line, each a module with main().
 SUBCOMMANDS: dict[str, str] = {"dashboard": "migemu.tools.dashboard"}
+SUBCOMMANDS["demo"] = "migemu.tools.demo"
+SUBCOMMANDS["bench"] = "migemu.tools.bench"
 
 DEFAULT_RAM_MIB = {"none": 0}  # other machine types: 128 MiB, QEMU's default
 PC_RAM_NAME = "pc.ram"
