@@ -37,6 +37,8 @@ from migemu.qapi.errors import QMPError
 # Modules with ``services_for(config, machine) -> list[Service]``: what runs beside the QMP
 # monitors (HMP consoles, the qtest socket, the dashboard), each built from the command line.
 SERVICE_PROVIDERS: tuple[str, ...] = (
+    "migemu.emulator.qtest.service",  # connects before any monitor, as libqtest expects
+    "migemu.emulator.boot",
     "migemu.emulator.hmp.server",
     "migemu.emulator.dashboard.provider",
 )

@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -208,7 +208,10 @@ class Workload(ABC):
                     k = min(due, BATCH_MAX_PAGES)
                     self._write(k)
                     self.pages_written += k
-                    continue
+                    if rate is not None:
+                        continue
+            # At full speed, sleep(0) after each batch hands the GIL to a waiting thread
+            # (QMP, qtest, multifd senders) now instead of after the 5 ms switch interval.
             self._clock.sleep(max(wait_s, 0.0))
 
     @abstractmethod
@@ -327,6 +330,10 @@ class GuestWorkload(Workload):
 SWEEP_START = 1 << 20
 SWEEP_END = 100 << 20
 _SWEEP_STATE = struct.Struct("<QQ")
+# The guest prints 'B' each time its 6-bit sweep counter (the test's %bl) wraps.
+SWEEP_B_INTERVAL = 64
+# Serial output held while no sink is attached (a UART FIFO's worth, then oldest dropped).
+SERIAL_BACKLOG_BYTES = 4096
 
 
 class SweepWorkload(Workload):
@@ -362,11 +369,37 @@ class SweepWorkload(Workload):
         self._bytes: npt.NDArray[np.uint8] | None = arr[self._first : self._first + self._pages, 0]
         self._pos = 0  # index of the next page to increment, relative to start
         self.sweeps = 0
+        # Serial port: the guest prints 'A' when it boots (its first write, unless it was
+        # restored from a migrated state: a destination never boots) and 'B' every
+        # SWEEP_B_INTERVAL sweeps. Output waits in ``_serial_backlog`` until a sink is
+        # attached, so nothing printed between start() and attach_serial() is lost.
+        self._booted = False
+        self._serial: Callable[[bytes], None] | None = None
+        self._serial_backlog = bytearray()
+
+    def attach_serial(self, sink: Callable[[bytes], None]) -> None:
+        """Send the guest's serial output to ``sink`` (called from the vCPU thread, with the
+        workload's lock held: it must not call back into the workload)."""
+        with self._cond:
+            self._serial = sink
+            pending, self._serial_backlog = bytes(self._serial_backlog), bytearray()
+            if pending:
+                sink(pending)
+
+    def _print(self, data: bytes) -> None:
+        if self._serial is not None:
+            self._serial(data)
+            return
+        self._serial_backlog += data
+        del self._serial_backlog[:-SERIAL_BACKLOG_BYTES]
 
     def _write(self, n: int) -> None:
         col = self._bytes
         if col is None:
             raise RuntimeError("workload stopped")
+        if not self._booted:
+            self._booted = True
+            self._print(b"A")
         while n:
             k = min(n, self._pages - self._pos)
             col[self._pos : self._pos + k] += 1  # uint8: wraps at 256 like incb
@@ -376,6 +409,8 @@ class SweepWorkload(Workload):
             if self._pos == self._pages:
                 self._pos = 0
                 self.sweeps += 1
+                if self.sweeps % SWEEP_B_INTERVAL == 0:
+                    self._print(b"B")
 
     def state(self) -> bytes:
         """The guest CPU's position: next address and completed sweeps (16 bytes)."""
@@ -394,6 +429,7 @@ class SweepWorkload(Workload):
         with self._cond:
             self._pos = pos
             self.sweeps = sweeps
+            self._booted = True  # it resumes mid-loop: no boot banner
 
     def _release(self) -> None:
         self._bytes = None
