@@ -451,3 +451,18 @@ async def test_server_is_quiet_unless_needed(machine, tmp_path):
     await server.start()
     await server.close()
     assert err.getvalue() == ""  # the URL went to the file
+
+
+async def test_close_ends_open_pages(machine):
+    server = DashboardServer([MachineSource(machine)], DashboardOptions(port=0, url_file=None))
+    server.stderr = io.StringIO()
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{server.url}ws") as ws:
+            assert (await ws.receive_json(timeout=DEADLINE_S))["type"] == "snapshot"
+            started = time.monotonic()
+            await asyncio.wait_for(server.close(), DEADLINE_S)
+            assert time.monotonic() - started < 1.5  # not SHUTDOWN_TIMEOUT_S
+            while (msg := await ws.receive(timeout=DEADLINE_S)).type == aiohttp.WSMsgType.TEXT:
+                pass
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)

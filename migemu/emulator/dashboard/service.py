@@ -21,6 +21,8 @@ from migemu.emulator.dashboard.hub import Hub
 from migemu.emulator.dashboard.options import DashboardOptions
 from migemu.emulator.dashboard.source import DataSource
 
+SHUTDOWN_TIMEOUT_S = 2.0  # for requests still running when the process ends
+
 
 def format_url(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
@@ -64,7 +66,9 @@ class DashboardServer:
             await hub.start()
         loopback = self.options.loopback
         app = create_multi_app(self.hubs, token=self.token, loopback=loopback)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
         await self._runner.setup()
         host = self.options.host.strip("[]")
         site = web.TCPSite(self._runner, host, self.options.port, reuse_address=True)
@@ -94,12 +98,13 @@ class DashboardServer:
             print(f"{self.prog_name}: dashboard at {url}", file=stderr, flush=True)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        # Hubs first: that ends every page's WebSocket, which the runner would wait for.
         for hub in reversed(self.hubs):
             await hub.close()
         self.hubs.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
         if self._wrote_url_file and self.options.url_file is not None:
             try:
                 os.unlink(self.options.url_file)
