@@ -43,10 +43,20 @@ class RAMBlock:
             self.mem.close()
 
 
+# Linux's MAP_NORESERVE (Python's mmap module exports it only from 3.13 on).
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
 def map_anonymous(name: str, size: int) -> RAMBlock:
-    """Sparse anonymous RAM: untouched pages are never allocated."""
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-    return RAMBlock(name, size, mmap.mmap(-1, size, flags=flags))
+    """Sparse anonymous RAM: untouched pages are never allocated. MAP_NORESERVE keeps the
+    kernel's overcommit heuristic from refusing a guest larger than the host (QEMU 7.2
+    itself fails there: migemu's 64 GiB guest on a 24 GiB host is a deliberate extension)."""
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+    try:
+        mem = mmap.mmap(-1, size, flags=flags)
+    except OSError as err:
+        raise RAMError(f"cannot set up guest memory '{name}': {err.strerror}") from err
+    return RAMBlock(name, size, mem)
 
 
 def map_file(name: str, path: str, size: int, share: bool) -> RAMBlock:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,27 @@ QEMU = shutil.which("qemu-system-x86_64")
 DEADLINE_S = 60.0
 SHARED = Path(__file__).parents[2].parent / "shared"
 MAKE_IMAGE = SHARED / "reference" / "make_image.py"
+
+
+async def connect_when_ready(
+    qmp: QMPClient,
+    sock: Path,
+    proc: subprocess.Popen[bytes],
+    log: Callable[[], str] = lambda: "",
+    deadline_s: float = DEADLINE_S,
+) -> None:
+    """Connect once the process listens (the socket file exists a moment before listen())."""
+    end = time.monotonic() + deadline_s
+    while True:
+        if sock.exists():
+            try:
+                await qmp.connect(str(sock))
+                return
+            except ConnectError:
+                pass
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(f"{sock} never became ready: {log()}")
+        await asyncio.sleep(0.01)
 
 
 def migemu_cmd() -> list[str]:
@@ -156,17 +177,7 @@ class Cluster:
         qmp = QMPClient(name)
         vm = VM(name, proc, qmp, sock, ram)
         self.vms.append(vm)
-        end = time.monotonic() + DEADLINE_S
-        while True:
-            if sock.exists():  # bound; listen() may still be a moment away
-                try:
-                    await qmp.connect(str(sock))
-                    break
-                except ConnectError:
-                    pass
-            if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"{name} did not start: {self.log(name)}")
-            await asyncio.sleep(0.01)
+        await connect_when_ready(qmp, sock, proc, lambda: self.log(name))
         vm._listener = asyncio.create_task(vm.listen())
         return vm
 

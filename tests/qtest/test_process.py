@@ -11,7 +11,7 @@ import signal
 import subprocess
 
 import pytest
-from harness import QEMU, Cluster, migemu_cmd
+from harness import QEMU, Cluster, connect_when_ready, migemu_cmd
 
 
 @pytest.fixture
@@ -84,17 +84,8 @@ async def test_64g_guest_on_a_small_machine(cluster, tmp_path):
     try:
         from qemu.qmp import QMPClient
 
-        for _ in range(3000):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.01)
         client = QMPClient("big")
-        for _ in range(100):
-            try:
-                await client.connect(str(sock))
-                break
-            except Exception:
-                await asyncio.sleep(0.02)
+        await connect_when_ready(client, sock, proc)
         assert (await client.execute("query-status"))["status"] == "running"
         rss_kib = int(
             next(ln for ln in open(f"/proc/{proc.pid}/status") if ln.startswith("VmRSS")).split()[1]
