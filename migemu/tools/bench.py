@@ -38,6 +38,7 @@ from migemu.tools.migrate_runner import (
     RunnerError,
     RunResult,
     RunSpec,
+    interrupt_on_sigterm,
     parse_size,
 )
 
@@ -407,6 +408,7 @@ def main(argv: list[str]) -> int:
     check(ap, args)
     console = Console(stderr=True)
     bench = Bench(args, console)
+    interrupt_on_sigterm()
     try:
         asyncio.run(bench.run())
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -35,6 +36,7 @@ from migemu.tools.migrate_runner import (
     RunnerError,
     RunResult,
     RunSpec,
+    interrupt_on_sigterm,
     parse_size,
 )
 
@@ -180,14 +182,14 @@ def table(results: list[RunResult]) -> Table:
     first = results[0].spec
     dirty = f", guest dirtying {first.dirty_rate} pages/s" if first.dirty_rate else ""
     t = Table(
+        box=box.SIMPLE_HEAD,
         title=f"migemu -> migemu, {first.size >> 20} MiB {first.image} guest, "
         f"{first.channels} multifd channel{'s' if first.channels > 1 else ''}{dirty}",
-        caption="time: query-migrate total-time; wire: bytes the proxy carried; "
-        "ratio: non-zero page bytes / wire bytes; throughput: guest RAM / time",
+        caption="time: query-migrate total-time; wire bytes: counted by a proxy; ratio: "
+        "non-zero page bytes / wire bytes; throughput: guest RAM / time; iters: dirty syncs",
     )
-    for name in ("method", "time", "wire bytes", "ratio", "throughput", "downtime"):
-        t.add_column(name, justify="left" if name == "method" else "right")
-    t.add_column("iterations", justify="right")
+    for name in ("method", "time", "wire bytes", "ratio", "throughput", "downtime", "iters"):
+        t.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     t.add_column("verified", justify="center")
     for r in results:
         if r.status != "completed":
@@ -225,6 +227,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     specs = specs_from_args(ap, args)
     console = None if args.json else Console(stderr=False)
+    interrupt_on_sigterm()
     try:
         results, gen_s = asyncio.run(run_all(specs, console))
     except KeyboardInterrupt:

@@ -460,6 +460,15 @@ class Runner:
         return result
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM end a tool like Ctrl-C does, so the same cleanup runs."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def parse_size(text: str) -> int:
     """``256M``, ``1G``, ``512`` (MiB when no suffix) -> bytes."""
     units = {"M": 1 << 20, "G": 1 << 30, "K": 1 << 10}
