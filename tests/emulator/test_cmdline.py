@@ -377,9 +377,11 @@ def test_msg_timestamp_marks_later_lines() -> None:
 
 
 def test_migemu_options() -> None:
+    from migemu.emulator.dashboard import DashboardOptions
+
     config = parse("-migemu-guest", "dirty,rate=1000,seed=7", "-dashboard", "127.0.0.1:8080")
     assert (config.guest.kind, config.guest.rate, config.guest.seed) == ("dirty", 1000, 7)
-    assert config.dashboard == ("127.0.0.1", 8080)
+    assert config.dashboard == DashboardOptions("127.0.0.1", 8080)
     assert parse().guest.kind == "idle"
     assert parse("-migemu-guest", "sweep").guest.kind == "sweep"
     assert error_of("-migemu-guest", "busy").message == (
@@ -390,6 +392,11 @@ def test_migemu_options() -> None:
     )
     assert error_of("-dashboard", "nope").message == (
         f"{PROG}: -dashboard nope: error parsing address 'nope'"
+    )
+    config = parse("-dashboard", "127.0.0.1:0,writable=on,url-file=/tmp/u")
+    assert config.dashboard == DashboardOptions("127.0.0.1", 0, True, "/tmp/u")
+    assert error_of("-dashboard", "127.0.0.1:0,colour=red").message == (
+        f"{PROG}: -dashboard 127.0.0.1:0,colour=red: Invalid parameter 'colour'"
     )
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from migemu.emulator.dashboard.options import DashboardOptions
 
 MIB = 1 << 20
 
@@ -145,7 +148,7 @@ class VMConfig:
     drives: tuple[tuple[tuple[str, str], ...], ...] = ()  # -drive option pairs
     disk_images: tuple[str, ...] = ()  # bare arguments (QEMU's hda)
     guest: GuestWorkload = field(default_factory=GuestWorkload)
-    dashboard: tuple[str, int] | None = None  # migemu-only -dashboard HOST:PORT
+    dashboard: DashboardOptions | None = None  # migemu-only -dashboard HOST:PORT[,...]
     migemu_faults: tuple[str, ...] = ()  # migemu-only -migemu-fault SPEC, raw
     warnings: tuple[str, ...] = ()  # full stderr lines QEMU would print and go on
     warning_timestamps: tuple[bool, ...] = ()  # per warning: printed after -msg timestamp=on

@@ -755,10 +755,12 @@ def _opt_fault(b: _Builder, arg: str, loc: _Loc) -> None:
 
 
 def _opt_dashboard(b: _Builder, arg: str, loc: _Loc) -> None:
-    host, colon, port = arg.rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535:
-        raise b.fail(f"error parsing address '{arg}'", loc)
-    b.values["dashboard"] = (host, int(port))
+    from migemu.emulator.dashboard.options import DashboardOptionError, parse_dashboard_option
+
+    try:
+        b.values["dashboard"] = parse_dashboard_option(arg)
+    except DashboardOptionError as err:
+        raise b.fail(str(err), loc) from err
 
 
 @dataclass(frozen=True)
@@ -816,7 +818,12 @@ _OPTION_LIST: tuple[OptionSpec, ...] = (
         _opt_guest,
         "idle|dirty[,rate=PAGES_PER_S][,seed=N]|sweep  (migemu) guest workload",
     ),
-    OptionSpec("dashboard", True, _opt_dashboard, "HOST:PORT  (migemu) serve the HTTP dashboard"),
+    OptionSpec(
+        "dashboard",
+        True,
+        _opt_dashboard,
+        "HOST:PORT[,writable=on][,url-file=PATH]  (migemu) serve the HTTP dashboard",
+    ),
     OptionSpec("migemu-fault", True, _opt_fault, "SPEC  (migemu) inject a migration fault"),
 )
 
