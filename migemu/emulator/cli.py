@@ -41,11 +41,13 @@ SERVICE_PROVIDERS: tuple[str, ...] = (
     "migemu.emulator.boot",
     "migemu.emulator.hmp.server",
     "migemu.emulator.dashboard.provider",
+    "migemu.emulator.commands.faults",
 )
 # ``migemu SUBCOMMAND ...``: tools that are not a QEMU command line, each a module with main().
 SUBCOMMANDS: dict[str, str] = {"dashboard": "migemu.tools.dashboard"}
 SUBCOMMANDS["demo"] = "migemu.tools.demo"
 SUBCOMMANDS["bench"] = "migemu.tools.bench"
+SUBCOMMANDS["soak"] = "migemu.tools.soak"
 
 DEFAULT_RAM_MIB = {"none": 0}  # other machine types: 128 MiB, QEMU's default
 PC_RAM_NAME = "pc.ram"

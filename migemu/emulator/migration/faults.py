@@ -173,6 +173,7 @@ class FaultPlan:
     )
     received_packets: int = 0
     exit: Callable[[int], None] = os._exit  # dst-exit; tests may replace it
+    verbose: bool = True  # a stderr line when a fault fires
 
     def inject(self, spec: str) -> Fault:
         fault = parse_spec(spec)
@@ -218,7 +219,8 @@ def _take(fault: Fault) -> bool:
 
 
 def _note(fault: Fault, what: str) -> None:
-    print(f"migemu: injected fault '{fault.spec}': {what}", file=sys.stderr, flush=True)
+    if PLAN.verbose:
+        print(f"migemu: injected fault '{fault.spec}': {what}", file=sys.stderr, flush=True)
 
 
 # -- hooks called by the engine --------------------------------------------------------------
@@ -240,7 +242,8 @@ def on_packet(channel: SendChannel, header: bytes, payload: bytes) -> tuple[byte
     if not PLAN.faults:
         return header, payload
     is_data = struct.unpack_from(">I", header, 16)[0] > 0
-    with PLAN.lock:
+    chosen = None
+    with PLAN.lock:  # decide here, act below: acting does IO, whose hook takes the lock
         for fault in PLAN.faults:
             if fault.kind not in ("drop-channel", "stall", "corrupt"):
                 continue
@@ -248,21 +251,20 @@ def on_packet(channel: SendChannel, header: bytes, payload: bytes) -> tuple[byte
                 continue
             if fault.kind == "corrupt" and fault.what in _DATA_ONLY and not is_data:
                 continue
-            if not _take(fault):
-                continue
-            if fault.kind == "drop-channel":
-                _note(fault, f"multifd channel {channel.id} dropped")
-                channel.link._shutdown()
-            elif fault.kind == "stall":
-                _note(fault, f"multifd channel {channel.id} stalls {fault.seconds:g} s")
-                stall = fault.seconds
+            if _take(fault):
+                chosen = fault
                 break
-            else:
-                _note(fault, f"packet on multifd channel {channel.id} corrupted ({fault.what})")
-                return _corrupt(fault, channel, header, payload)
-        else:
-            return header, payload
-    channel.link.latch.fired.wait(stall)  # outside the lock; a cancel ends the stall
+    if chosen is None:
+        return header, payload
+    if chosen.kind == "drop-channel":
+        _note(chosen, f"multifd channel {channel.id} dropped")
+        channel.link._shutdown()
+    elif chosen.kind == "stall":
+        _note(chosen, f"multifd channel {channel.id} stalls {chosen.seconds:g} s")
+        channel.link.latch.fired.wait(chosen.seconds)  # a cancel or error ends the stall
+    else:
+        _note(chosen, f"packet on multifd channel {channel.id} corrupted ({chosen.what})")
+        return _corrupt(chosen, channel, header, payload)
     return header, payload
 
 
@@ -319,7 +321,7 @@ def _break_compressed(p: bytearray) -> None:
 
 def on_io(link: Link, op: str) -> None:
     """A link is about to call send/recv: count IO after the latch fired; close-main,
-    dst-exit by bytes."""
+    stalling the main channel, dst-exit by bytes."""
     record = getattr(link, "record", None)
     if record is not None and link.latch.failed:
         record.late_calls += 1
@@ -327,33 +329,40 @@ def on_io(link: Link, op: str) -> None:
             record.late_base = link.bytes_sent + link.bytes_received
     if not PLAN.faults:
         return
-    stall = 0.0
+    chosen = None
     with PLAN.lock:
         for fault in PLAN.faults:
             if fault.done:
                 continue
-            if op == "send" and link.name == "main" and fault.kind == "close-main":
-                if _take(fault):
-                    _note(fault, "main channel closed")
-                    link._shutdown()
-            elif op == "send" and link.name == "main" and fault.kind == "stall":
-                if fault.channel is None and fault.armed and _take(fault):
-                    _note(fault, f"main channel stalls {fault.seconds:g} s")
-                    stall = fault.seconds
+            if op == "send" and link.name == "main":
+                if fault.kind == "close-main" or (fault.kind == "stall" and fault.channel is None):
+                    if _take(fault):
+                        chosen = fault
+                        break
             elif op == "recv" and fault.kind == "dst-exit" and fault.bytes is not None:
                 total = sum(r.link.bytes_received for r in PLAN.links if r.link.latch is link.latch)
                 if total >= fault.bytes:
                     fault.fired += 1
-                    _note(fault, f"destination exits with status {fault.status}")
-                    PLAN.exit(fault.status)
-    if stall:
-        link.latch.fired.wait(stall)
+                    chosen = fault
+                    break
+    if chosen is None:
+        return
+    if chosen.kind == "close-main":
+        _note(chosen, "main channel closed")
+        link._shutdown()
+    elif chosen.kind == "stall":
+        _note(chosen, f"main channel stalls {chosen.seconds:g} s")
+        link.latch.fired.wait(chosen.seconds)
+    else:
+        _note(chosen, f"destination exits with status {chosen.status}")
+        PLAN.exit(chosen.status)
 
 
 def on_received_packet(channel_id: int) -> None:
     """The destination applied one multifd packet: dst-exit after K of them."""
     if not PLAN.faults:
         return
+    chosen = None
     with PLAN.lock:
         for fault in PLAN.faults:
             if fault.kind == "dst-exit" and fault.bytes is None and not fault.done:
@@ -361,8 +370,11 @@ def on_received_packet(channel_id: int) -> None:
                     fault.seen += 1
                     continue
                 fault.fired += 1
-                _note(fault, f"destination exits with status {fault.status}")
-                PLAN.exit(fault.status)
+                chosen = fault
+                break
+    if chosen is not None:
+        _note(chosen, f"destination exits with status {chosen.status}")
+        PLAN.exit(chosen.status)
 
 
 def track(link: Link) -> LinkRecord:
