@@ -58,9 +58,19 @@ def read_until(s: Session, client: str, end: bytes) -> bytes:
     return s.clients[client].read_until(end, 0.0, TIMEOUT_S)
 
 
+def start_destination(s: Session) -> None:
+    """A destination listening on PORT_in once this returns (its prompt came back)."""
+    argv = [*BASE, "-incoming", "defer", "-monitor", "unix:SOCK_dst,server=on,wait=off"]
+    s.start("dst", argv, None)
+    s.connect("d", "dst")
+    read_until(s, "d", PROMPT)
+    s.clients["d"].send(s.substitute("migrate_incoming tcp:127.0.0.1:PORT_in\r").encode())
+    read_until(s, "d", b"\r\n" + PROMPT)
+
+
 def test_synchronous_migrate_holds_the_monitor(session: Session) -> None:
     s = session
-    s.start("dst", [*BASE, "-incoming", "tcp:127.0.0.1:PORT_in"], None)
+    start_destination(s)
     s.start("src", [*BASE, "-monitor", "unix:SOCK_src,server=on,wait=off"], None)
     s.connect("c", "src")
     read_until(s, "c", PROMPT)
@@ -96,7 +106,7 @@ def test_failed_synchronous_migrate_reports_on_stderr(session: Session) -> None:
 
 def test_human_monitor_command_cannot_wait(session: Session) -> None:
     s = session
-    s.start("dst", [*BASE, "-incoming", "tcp:127.0.0.1:PORT_in"], None)
+    start_destination(s)
     s.start("src", [*BASE, "-qmp", "unix:SOCK_qmp,server=on,wait=off"], None)
     qmp = s.clients["q"] = Stream.connect("unix", s.substitute("SOCK_qmp"), s.procs["src"].proc)
     qmp.read_until(b"\r\n", 0.0, TIMEOUT_S)

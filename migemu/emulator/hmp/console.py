@@ -186,6 +186,14 @@ COMMANDS: tuple[HMPCommand, ...] = (
         needs="migrate-incoming",
     ),
     HMPCommand(
+        "migrate_pause",
+        "",
+        (),
+        "Pause an ongoing migration (postcopy-only)",
+        _simple("migrate-pause"),
+        needs="migrate-pause",
+    ),
+    HMPCommand(
         "migrate_set_capability",
         "capability state",
         (("capability", "s"), ("state", "b")),
@@ -204,42 +212,114 @@ COMMANDS: tuple[HMPCommand, ...] = (
 )
 
 
+_SPACE = " \t\n\v\f\r"
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _SPACE:
+        i += 1
+    return i
+
+
+def get_str(text: str, i: int) -> tuple[str, int] | None:
+    """QEMU's ``get_str``: a word or a double-quoted string with \\n \\r \\\\ \\' \\"
+    escapes; None when there is none (QEMU prints why on stdout, not on the monitor)."""
+    i = _skip_space(text, i)
+    if i >= len(text):
+        return None
+    if text[i] != '"':
+        j = i
+        while j < len(text) and text[j] not in _SPACE:
+            j += 1
+        return text[i:j], j
+    out = []
+    i += 1
+    while i < len(text) and text[i] != '"':
+        if text[i] == "\\":
+            c = text[i + 1] if i + 1 < len(text) else "\0"
+            i += 2
+            if c in "nr":
+                out.append("\n" if c == "n" else "\r")
+            elif c in "\\'\"":
+                out.append(c)
+            else:
+                print(f"unsupported escape code: '\\{c}'", flush=True)
+                return None
+        else:
+            out.append(text[i])
+            i += 1
+    if i >= len(text):
+        print("unterminated string", flush=True)
+        return None
+    return "".join(out), i + 1
+
+
 def _flag_later(flag: str, args: tuple[tuple[str, str], ...]) -> bool:
     return any(kind == f"-{flag}" for _, kind in args)
 
 
-def parse_args(cmd: HMPCommand, words: list[str], shown_name: str) -> dict[str, Any]:
-    """Fit ``words`` to the command's spec, with QEMU's monitor errors (``shown_name`` is
-    the table name, aliases included, as QEMU prefixes its argument errors)."""
+def parse_args(cmd: HMPCommand, text: str, shown_name: str) -> dict[str, Any]:
+    """monitor_parse_arguments: fit ``text`` (what follows the command name) to the spec,
+    with QEMU's errors (prefixed with ``shown_name``, the table name with its aliases)."""
     out: dict[str, Any] = {}
     i = 0
     for pos, (name, kind) in enumerate(cmd.args):
         if kind.startswith("-"):
-            if i < len(words) and words[i].startswith("-"):
-                flag = words[i][1:2]
-                if words[i] == kind:
+            i = _skip_space(text, i)
+            if text[i : i + 1] == "-":
+                flag = text[i + 1 : i + 2]
+                if flag == kind[1]:
                     out[name] = True
-                    i += 1
+                    i += 2
                 elif not _flag_later(flag, cmd.args[pos + 1 :]):
                     raise ArgError(f"{shown_name}: unsupported option -{flag}")
             continue
-        if i >= len(words):
-            if kind.endswith("?"):
-                continue
-            if kind == "b":
-                raise ArgError("Expected 'on' or 'off'")
-            raise ArgError(f"{shown_name}: string expected")
-        word = words[i]
-        i += 1
+        i = _skip_space(text, i)
         if kind == "b":
-            if word not in ("on", "off"):
+            j = i
+            while j < len(text) and 32 < ord(text[j]) < 127:
+                j += 1
+            if text[i:j] not in ("on", "off"):
                 raise ArgError("Expected 'on' or 'off'")
-            out[name] = word == "on"
-        else:
-            out[name] = word
-    if i < len(words):
+            out[name], i = text[i:j] == "on", j
+            continue
+        if kind.endswith("?") and i >= len(text):
+            continue
+        if kind.startswith("S"):
+            out[name], i = text[i:], len(text)
+            continue
+        got = get_str(text, i)
+        if got is None:
+            raise ArgError(f"{shown_name}: string expected")
+        out[name], i = got
+    if _skip_space(text, i) < len(text):
         raise ArgError(f"{shown_name}: extraneous characters at the end of line")
     return out
+
+
+def _command_name(text: str, i: int) -> tuple[str, int] | None:
+    """get_command_name: the word at ``i`` (ended by a space or ``/``) and where it ends."""
+    i = _skip_space(text, i)
+    if i >= len(text):
+        return None
+    j = i
+    while j < len(text) and text[j] != "/" and text[j] not in _SPACE:
+        j += 1
+    return text[i:j], j
+
+
+def _cmdline_args(text: str) -> list[str] | None:
+    """parse_cmdline: every get_str word of ``text``; None if one is malformed."""
+    args = []
+    i = _skip_space(text, 0)
+    while i < len(text):
+        got = get_str(text, i)
+        if got is None:
+            return None
+        word, i = got
+        args.append(word)
+        i = _skip_space(text, i)
+    return args
 
 
 @dataclass(frozen=True)
@@ -286,9 +366,15 @@ class HMPConsole:
     without ``-d`` waits; through ``human-monitor-command`` it cannot and says so.
     """
 
-    def __init__(self, machine: Machine, interactive: bool = False) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        interactive: bool = False,
+        history: Callable[[], list[str]] | None = None,
+    ) -> None:
         self.machine = machine
         self.interactive = interactive
+        self.history = history  # the line editor's history (``info history``), if any
         self._wait = False
         self._suspend = False
 
@@ -323,41 +409,55 @@ class HMPConsole:
         return Result(text, self._wait, self._suspend)
 
     def _run(self, line: str) -> str:
-        words = line.split()
-        if not words:
+        found = _command_name(line, 0)
+        if found is None:
             return ""
-        if words[0] == "info":
-            return self._info(words[1:])
-        if words[0] in ("help", "?"):
-            if len(words) > 2 and words[1] == "info":
-                entry = QEMU_INFO.get(words[2])
-                return entry if entry else f"unknown command: 'info {words[2]}'\n"
-            return self.help_text(words[1] if len(words) > 1 else None)
-        cmd = self.find(words[0])
+        name, end = found
+        if name == "info":
+            return self._info(line, _skip_space(line, end))
+        if name in ("help", "?"):
+            return self._help(line[end:])
+        cmd = self.find(name)
         if cmd is None:
-            if words[0] in QEMU_COMMANDS:
-                return f"Error: migemu does not emulate the HMP command '{words[0]}'\n"
-            return f"unknown command: '{words[0]}'\n"
+            if name in QEMU_COMMANDS:
+                return f"Error: migemu does not emulate the HMP command '{name}'\n"
+            return f"unknown command: '{line[:end]}'\n"
         try:
-            args = parse_args(cmd, words[1:], cmd.name)
+            args = parse_args(cmd, line[_skip_space(line, end) :], cmd.name)
             return cmd.run(self, args)
         except ArgError as err:
-            return f'{err}\nTry "help {words[0]}" for more information\n'
+            return f'{err}\nTry "help {line[:end]}" for more information\n'
         except QMPError as err:
             return f"Error: {err.desc}\n"
 
-    def _info(self, words: list[str]) -> str:
-        if not words:
+    def _help(self, text: str) -> str:
+        """help_cmd: the whole table, one command, ``info``'s table or one subcommand."""
+        args = _cmdline_args(text)
+        if args is None:
+            return ""
+        if not args:
+            return HELP_TEXT
+        if args[0] == "info":
+            if len(args) == 1:
+                return INFO_HELP_TEXT
+            entry = QEMU_INFO.get(args[1])
+            return entry if entry else f"unknown command: 'info {args[1]}'\n"
+        return QEMU_COMMANDS.get(args[0], f"unknown command: '{args[0]}'\n")
+
+    def _info(self, line: str, start: int) -> str:
+        found = _command_name(line, start)
+        if found is None:
             return INFO_HELP_TEXT
-        sub = info.find(words[0])
+        name, end = found
+        sub = info.find(name)
         if sub is None:
-            if words[0] in QEMU_INFO:
-                return f"Error: migemu does not emulate 'info {words[0]}'\n"
-            return f"unknown command: 'info {words[0]}'\n"
-        if len(words) > 1:
+            if name in QEMU_INFO:
+                return f"Error: migemu does not emulate 'info {name}'\n"
+            return f"unknown command: '{line[:end]}'\n"
+        if _skip_space(line, end) < len(line):
             return (
-                f"{words[0]}: extraneous characters at the end of line\n"
-                f'Try "help info {words[0]}" for more information\n'
+                f"{name}: extraneous characters at the end of line\n"
+                f'Try "help {line[:end]}" for more information\n'
             )
         try:
             return sub.run(self)

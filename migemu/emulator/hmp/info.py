@@ -54,6 +54,13 @@ def info_uuid(con: HMPConsole) -> str:
     return con.qmp("query-uuid")["UUID"] + "\n"
 
 
+def info_history(con: HMPConsole) -> str:
+    """The line editor's history, oldest first; nothing without one (human-monitor-command)."""
+    if con.history is None:
+        return ""
+    return "".join(f"{i}: '{line}'\n" for i, line in enumerate(con.history()))
+
+
 def info_migrate_capabilities(con: HMPConsole) -> str:
     caps = con.qmp("query-migrate-capabilities")
     return "".join(f"{c['capability']}: {_onoff(c['state'])}\n" for c in caps)
@@ -192,6 +199,7 @@ def info_migrate(con: HMPConsole) -> str:
 
 
 SUBCOMMANDS: tuple[InfoCommand, ...] = (
+    InfoCommand("history", "", "show the command line history", info_history),
     InfoCommand("migrate", "", "show migration status", info_migrate),
     InfoCommand(
         "migrate_capabilities", "", "show current migration capabilities", info_migrate_capabilities

@@ -57,7 +57,7 @@ class HMPMonitor:
         report: Callable[[str], None] | None = None,
     ) -> None:
         self.machine = machine
-        self.console = HMPConsole(machine, interactive=True)
+        self.console = HMPConsole(machine, interactive=True, history=self._history)
         self.readline = ReadLine(self.console.complete)
         self.schedule = schedule
         self.report = report or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -65,6 +65,9 @@ class HMPMonitor:
         self.quitting = False
         self.pending = bytearray()
         self.write: Write | None = None
+
+    def _history(self) -> list[str]:
+        return list(self.readline.history)
 
     # -- the chardev's events ----------------------------------------------------------------
 
