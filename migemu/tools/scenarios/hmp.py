@@ -99,6 +99,68 @@ def hmp_idle() -> list[Step]:
     return steps + quit_(m)
 
 
+def hmp_parse() -> list[Step]:
+    """HMP's own parser and help: quoting, flags, aliases, names, errors."""
+    n, m = "hmp_parse", "src"
+    steps = session(n, m)
+    lines = [
+        "help",
+        "?",
+        "help help",
+        "help info",
+        "help info migrate",
+        "help info foo",
+        "help foo",
+        "help c",
+        "help migrate",
+        'help "info" status',
+        'help "unterminated',
+        "info",
+        "info ",
+        "info   foo",
+        "  foo",
+        "info migrate extra",
+        "  info   status extra",
+        "info history",
+        "\tinfo\tstatus",
+        "INFO status",
+        "s x",
+        "  s x",
+        "q x",
+        "s/x",
+        "cont/",
+        "migrate",
+        "migrate -d",
+        "migrate -x foo",
+        "migrate -d -x foo",
+        "migrate -dfoo:bar",
+        'migrate "foo:bar',
+        'migrate "a\\qb"',
+        'migrate -d "foo:bar"',
+        "migrate_continue",
+        "migrate_continue foo",
+        "migrate_continue setup",
+        '"migrate_continue" setup',
+        "migrate_continue active extra",
+        "migrate_incoming",
+        "migrate_incoming a b",
+        "migrate_pause",
+        "migrate_set_capability",
+        "migrate_set_capability events  on",
+        "migrate_set_capability events on\t",
+        "migrate_set_capability events on off",
+        "migrate_set_parameter x",
+        "migrate_set_parameter downtime-limit 1 2",
+        'migrate_set_parameter tls-creds "a b"',
+        'migrate_set_parameter tls-hostname "x\\ny"',
+        'migrate_set_parameter tls-authz ""',
+        "info migrate_parameters",
+    ]
+    steps += [hmp(m, line.replace("\\t", "\t")) for line in lines]
+    return steps + quit_(m)
+
+
 SCENARIOS = {
     "hmp_idle": hmp_idle(),
+    "hmp_parse": hmp_parse(),
 }
