@@ -118,9 +118,9 @@ class Machine:
         if old is not None:
             old.stop()
         if workload is not None:
-            workload.start()
             if not self.vm.running:
-                workload.pause()
+                workload.pause()  # before start(): a stopped VM's vCPU must not write at all
+            workload.start()
 
     def _runstate_changed(self, old: RunState, new: RunState) -> None:
         # The vCPU runs exactly while the VM runs: a stop must freeze guest memory.
