@@ -79,6 +79,9 @@ def chardev_address(spec: str) -> tuple[str, str | int]:
     m = _TCP_RE.search(spec)
     if m:
         return "tcp", m.group(2) or m.group(4)
+    m = re.match(r"^telnet:([^:,]*):([^,]+)", spec)
+    if m:
+        return "tcp", m.group(2)
     raise ValueError(f"not a socket chardev: {spec}")
 
 
@@ -528,12 +531,26 @@ def hmp_stdio(kind: str) -> list[Step]:
     return [*steps, {"op": "eof", "mon": "vm"}, {"op": "exit", "mon": "vm"}]
 
 
+def hmp_telnet() -> list[Step]:
+    argv = [*BASE, "-monitor", "telnet:127.0.0.1:PORT_telnet,server=on,wait=off"]
+    keys = ["\xff\xfd\x01", "\xff\xfb\x03a", "\xff\xffb", "\r\x00", "\xff\xf3", "s\r\n"]
+    keys += ["\xff\xfa\x18\x01\xff\xf0y", "\r", "info status\r"]
+    steps: list[Step] = [
+        {"op": "start", "mon": "vm", "argv": argv},
+        {"op": "connect", "mon": "c", "proc": "vm"},
+    ]
+    steps += [_key("c", k) for k in keys]
+    steps.append(_cmd("c", "quit", until=None))
+    return [*steps, {"op": "eof", "mon": "c"}, {"op": "exit", "mon": "vm"}]
+
+
 SCENARIOS: dict[str, list[Step]] = {
     "hmp_unix": hmp_unix(),
     "hmp_clients": hmp_clients(),
     "hmp_mon_tcp": hmp_mon_tcp(),
     "hmp_stdio_pipe": hmp_stdio("pipe"),
     "hmp_stdio_pty": hmp_stdio("pty"),
+    "hmp_telnet": hmp_telnet(),
 }
 
 

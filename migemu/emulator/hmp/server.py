@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from migemu.emulator.hmp.console import HMPConsole
 from migemu.emulator.hmp.readline import ReadLine
+from migemu.emulator.hmp.telnet import TELNET_INIT, TelnetFilter
 from migemu.emulator.qmp.server import SocketSpec
 from migemu.emulator.startup import StartupError
 
@@ -105,12 +106,12 @@ class HMPMonitor:
             line = self.readline.handle_byte(ch)
             self._flush_readline()
             if line is not None:
-                self._command(line.encode(WIRE_ENCODING).decode("utf-8", "replace"))
+                self._command(line.encode(WIRE_ENCODING).decode("utf-8", "surrogateescape"))
 
     def _command(self, line: str) -> None:
         result = self.console.run(line)
         if self.write is not None and result.text:
-            self.write(result.text.encode("utf-8", "replace"))
+            self.write(result.text.encode("utf-8", "surrogateescape"))
         if result.suspend:
             self.quitting = True
             return
@@ -147,6 +148,7 @@ class _HMPConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.backlog = bytearray()
         self.active = False
+        self.telnet = TelnetFilter() if endpoint.telnet else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -154,6 +156,8 @@ class _HMPConnection(asyncio.Protocol):
         self.endpoint.connected(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.telnet is not None and self.active:
+            data = self.telnet.feed(data)
         if self.active:
             self.endpoint.monitor.feed(data)
         else:
@@ -172,8 +176,12 @@ class _HMPConnection(asyncio.Protocol):
 
     def activate(self) -> None:
         self.active = True
+        if self.telnet is not None:
+            self.write(TELNET_INIT)
         self.endpoint.monitor.opened(self.write)
         backlog, self.backlog = bytes(self.backlog), bytearray()
+        if self.telnet is not None:
+            backlog = self.telnet.feed(backlog)
         if backlog:
             self.endpoint.monitor.feed(backlog)
 
@@ -181,9 +189,10 @@ class _HMPConnection(asyncio.Protocol):
 class HMPSocketService:
     """An HMP monitor on a unix or TCP socket chardev: one client at a time, in order."""
 
-    def __init__(self, machine: Machine, spec: SocketSpec) -> None:
+    def __init__(self, machine: Machine, spec: SocketSpec, telnet: bool = False) -> None:
         self.machine = machine
         self.spec = spec
+        self.telnet = telnet
         self.monitor = HMPMonitor(machine, self._schedule)
         self.active: _HMPConnection | None = None
         self.pending: list[_HMPConnection] = []
@@ -369,7 +378,9 @@ def services_for(config: VMConfig, machine: Machine) -> list[Service]:
                 server=chardev.server,
                 wait=chardev.server and chardev.wait,
             )
-            services.append(HMPSocketService(machine, spec))
+            options = dict(chardev.options)
+            telnet = options.get("telnet", "off") in ("on", "yes", "true", "y")
+            services.append(HMPSocketService(machine, spec, telnet))
         elif chardev.backend != "null":
             raise StartupError(
                 f"-chardev {chardev.backend},id={chardev.id}: an HMP monitor on a "
