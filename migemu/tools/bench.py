@@ -52,6 +52,7 @@ METRICS = (
     ("iterations", "iterations"),
     ("wire_bytes", "wire_bytes"),
     ("ratio", "ratio"),
+    ("cpu_s", "cpu_total"),
 )
 
 
@@ -157,16 +158,47 @@ def host_info() -> dict[str, Any]:
 class Bench:
     """Runs the matrix and keeps every result; ``write()`` saves what exists so far."""
 
-    def __init__(self, args: argparse.Namespace, console: Console) -> None:
-        self.args = args
+    def __init__(
+        self,
+        cells: list[Cell],
+        engines: list[str],
+        meta: dict[str, Any],
+        console: Console,
+        args: argparse.Namespace | None = None,
+    ) -> None:
+        self.cells = cells
+        self.engines = engines
+        self.meta = meta
         self.console = console
-        self.cells = matrix(args)
-        self.engines = ["migemu", "qemu"] if args.vs_qemu else ["migemu"]
+        self.args = args  # what run() needs: size, seed, repeats, timeout, no_proxy, out
         self.results: dict[tuple[str, str], list[RunResult]] = {}
         self.runs: list[dict[str, Any]] = []
-        self.meta = host_info() | {"argv": sys.argv[1:], "size": args.size}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, console: Console) -> Bench:
+        engines = ["migemu", "qemu"] if args.vs_qemu else ["migemu"]
+        meta = host_info() | {"argv": sys.argv[1:], "size": args.size}
+        return cls(matrix(args), engines, meta, console, args)
+
+    @classmethod
+    def load(cls, path: Path, console: Console) -> Bench:
+        """A bench from its ``bench.json`` (to render the table and plots again)."""
+        data = json.loads(path.read_text())
+        cells = [
+            Cell(c["image"], c["dirty_rate"], c["method"], c["level"], c["channels"])
+            for c in data["cells"]
+        ]
+        engines = [e for e in ("migemu", "qemu") if any(r["engine"] == e for r in data["runs"])]
+        bench = cls(cells, engines, data["meta"], console)
+        for run in data["runs"]:
+            result = RunResult.from_dict(run)
+            bench.results.setdefault((run["cell"], run["engine"]), []).append(result)
+            keys = ("cell", "engine", "repeat", "loadavg")
+            bench.runs.append({k: run[k] for k in keys} | result.as_dict())
+        return bench
 
     def plan(self) -> list[tuple[int, Cell, str]]:
+        assert self.args is not None
         steps = []
         for rep in range(self.args.repeats):
             for cell in self.cells:
@@ -178,6 +210,7 @@ class Bench:
         return steps
 
     async def run(self) -> None:
+        assert self.args is not None
         steps = self.plan()
         out = self.args.out
         async with Runner(proxy=not self.args.no_proxy) as runner:
@@ -229,7 +262,7 @@ class Bench:
             if mig and qemu:
                 row["vs_qemu"] = {
                     key: _ratio(mig[key].get("median"), qemu[key].get("median"))
-                    for key in ("total_time_ms", "wall_ms", "wire_bytes")
+                    for key in ("total_time_ms", "wall_ms", "wire_bytes", "cpu_s")
                 }
             rows.append(row)
         return rows
@@ -237,7 +270,7 @@ class Bench:
     def write(self, out: Path, plot: bool = True) -> None:
         out.mkdir(parents=True, exist_ok=True)
         summary = self.summary()
-        meta = self.meta | {"loadavg_end": os.getloadavg()}
+        meta = {"loadavg_end": os.getloadavg()} | self.meta
         data = {"meta": meta, "cells": summary, "runs": self.runs}
         (out / "bench.json").write_text(json.dumps(data, indent=1) + "\n")
         (out / "bench.md").write_text(markdown(meta, summary, self.engines))
@@ -259,14 +292,15 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], engines: Sequence
     """The per-cell table: medians with (min–max) over the repeats."""
     lines = [
         f"migemu bench, {meta['date']}, {meta['size'] >> 20} MiB guest, host {meta['cpus']} CPUs,"
-        f" {meta.get('qemu') or 'no QEMU'}; times are medians (min–max) in ms.",
+        f" {meta.get('qemu') or 'no QEMU'}; times are medians (min–max) in ms; CPU s: source +"
+        " destination CPU seconds; × QEMU: migemu median / QEMU median.",
         "",
     ]
     head = ["image", "dirty/s", "method", "level", "ch", "total-time", "wall", "downtime"]
-    head += ["iter", "wire MB", "ratio", "verified"]
+    head += ["iter", "wire MB", "ratio", "CPU s", "verified"]
     if "qemu" in engines:
-        head += ["QEMU total-time", "QEMU wall", "QEMU wire MB", "× QEMU (total-time)"]
-        head += ["× QEMU (wall)"]
+        head += ["QEMU total-time", "QEMU wall", "QEMU wire MB", "QEMU CPU s"]
+        head += ["× QEMU (total-time)", "× QEMU (wall)", "× QEMU (CPU)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         mig = row.get("migemu", {})
@@ -279,14 +313,14 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], engines: Sequence
         ]
         cells += [_fmt_ms(mig.get(k, {})) for k in ("total_time_ms", "wall_ms", "downtime_ms")]
         cells += [_median(mig, "iterations", "{:.0f}"), _median(mig, "wire_bytes", "{:.1f}", MB)]
-        cells += [_median(mig, "ratio", "{:.2f}")]
+        cells += [_median(mig, "ratio", "{:.2f}"), _median(mig, "cpu_s", "{:.1f}")]
         cells += [f"{'✓' if mig.get('verified') else '✗'} {mig.get('ok', 0)}/{mig.get('runs', 0)}"]
         if "qemu" in engines:
             q = row.get("qemu", {})
             vs = row.get("vs_qemu", {})
             cells += [_fmt_ms(q.get("total_time_ms", {})), _fmt_ms(q.get("wall_ms", {}))]
-            cells += [_median(q, "wire_bytes", "{:.1f}", MB)]
-            cells += [_x(vs.get("total_time_ms")), _x(vs.get("wall_ms"))]
+            cells += [_median(q, "wire_bytes", "{:.1f}", MB), _median(q, "cpu_s", "{:.1f}")]
+            cells += [_x(vs.get(k)) for k in ("total_time_ms", "wall_ms", "cpu_s")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -381,6 +415,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-proxy", action="store_true", help="no wire-byte proxy (timing only)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     ap.add_argument("--out", type=Path, default=Path("bench-out"), help="output directory")
+    ap.add_argument(
+        "--report", action="store_true", help="only render OUT/bench.json again (table, plots)"
+    )
     return ap
 
 
@@ -405,9 +442,14 @@ def check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    check(ap, args)
     console = Console(stderr=True)
-    bench = Bench(args, console)
+    if args.report:
+        loaded = Bench.load(args.out / "bench.json", console)
+        loaded.write(args.out)
+        print(markdown(loaded.meta, loaded.summary(), loaded.engines))
+        return 0
+    check(ap, args)
+    bench = Bench.from_args(args, console)
     interrupt_on_sigterm()
     try:
         asyncio.run(bench.run())
@@ -420,7 +462,7 @@ def main(argv: list[str]) -> int:
         return 1
     bench.write(args.out)
     console.print(f"wrote {args.out}/bench.json, bench.md, bench.png, bench.svg")
-    print(markdown(bench.meta | {"loadavg_end": os.getloadavg()}, bench.summary(), bench.engines))
+    print(markdown(bench.meta, bench.summary(), bench.engines))
     failed = sum(1 for runs in bench.results.values() for r in runs if not r.ok)
     return 1 if failed else 0
 

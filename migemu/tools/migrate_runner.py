@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,17 @@ class RunResult:
         """Wire bytes per second of ``total-time``."""
         return self.wire_bytes / (self.total_time_ms / 1000) if self.total_time_ms else 0.0
 
+    @property
+    def cpu_total(self) -> float:
+        """CPU seconds the source and the destination used (until the destination completed)."""
+        return round(sum(self.cpu_s.values()), 2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        """The inverse of ``as_dict`` (derived and unknown keys are ignored)."""
+        names = {f.name for f in fields(cls)} - {"spec"}
+        return cls(RunSpec(**data["spec"]), **{k: v for k, v in data.items() if k in names})
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["spec"]["level"] = self.spec.effective_level
@@ -205,6 +216,7 @@ class RunResult:
             ratio=round(self.ratio, 4),
             ram_rate=round(self.ram_rate),
             wire_rate=round(self.wire_rate),
+            cpu_total=self.cpu_total,
         )
         return out
 

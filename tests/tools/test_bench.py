@@ -49,6 +49,10 @@ def test_tiny_matrix_writes_json_table_and_plots(tmp_path):
     assert "| realistic | 0 | zstd | 1 | 1 |" in table and "✓ 2/2" in table
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert b"<svg" in (out / "bench.svg").read_bytes()[:2000]
+    # --report renders the same table again from bench.json alone
+    (out / "bench.md").unlink()
+    assert bench.main(["--report", "--out", str(out)]) == 0
+    assert (out / "bench.md").read_text() == table
 
 
 def fake(total_ms: int, ok: bool = True) -> RunResult:
@@ -61,6 +65,14 @@ def fake(total_ms: int, ok: bool = True) -> RunResult:
         wire={"up_bytes": 1000},
         ram={"normal-bytes": 2000},
     )
+
+
+def test_run_result_round_trip():
+    result = fake(120)
+    result.cpu_s = {"src": 1.5, "dst": 0.25}
+    again = RunResult.from_dict(json.loads(json.dumps(result.as_dict())))
+    assert again.as_dict() == result.as_dict()
+    assert again.cpu_total == 1.75 and again.ratio == 2.0
 
 
 def test_spread():
