@@ -544,6 +544,17 @@ def hmp_telnet() -> list[Step]:
     return [*steps, {"op": "eof", "mon": "c"}, {"op": "exit", "mon": "vm"}]
 
 
+def hmp_stdio_mux() -> list[Step]:
+    """``-serial mon:stdio``: the mux's Ctrl-A escapes in front of the monitor."""
+    argv = [*BASE, "-serial", "mon:stdio"]
+    steps: list[Step] = [{"op": "start", "mon": "vm", "argv": argv, "stdio": "pipe"}]
+    steps.append(_cmd("vm", "info status"))
+    keys = ["\x01c", "\x01h", "ab\x01\x01X", "\r", "\x01?", "\x01b", "\x01z", "c\r"]
+    steps += [_key("vm", k) for k in keys]
+    steps.append(_key("vm", "\x01x"))
+    return [*steps, {"op": "eof", "mon": "vm"}, {"op": "exit", "mon": "vm"}]
+
+
 SCENARIOS: dict[str, list[Step]] = {
     "hmp_unix": hmp_unix(),
     "hmp_clients": hmp_clients(),
@@ -551,6 +562,7 @@ SCENARIOS: dict[str, list[Step]] = {
     "hmp_stdio_pipe": hmp_stdio("pipe"),
     "hmp_stdio_pty": hmp_stdio("pty"),
     "hmp_telnet": hmp_telnet(),
+    "hmp_stdio_mux": hmp_stdio_mux(),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from migemu.emulator.hmp.mux import MUX_HELP, Mux
 from migemu.emulator.hmp.server import BANNER, HMPMonitor
 from migemu.emulator.hmp.telnet import TELNET_INIT, TelnetFilter
 
@@ -134,3 +135,32 @@ def test_telnet_filter():
     assert f.feed(b"\xff\xfa\x18\x01\xff\xf0y") == b"\x01"  # SB payload leaks, SE eats "y"
     assert f.feed(b"\xff") == b"" and f.feed(b"\xfb") == b"" and f.feed(b"\x03d") == b"d"
     assert TELNET_INIT == b"\xff\xfb\x01\xff\xfb\x03\xff\xfb\x00\xff\xfd\x00"
+
+
+def test_mux_with_a_serial_port_greets_the_monitor_on_first_focus():
+    clock, out, exits = Clock(), [], []
+    mon = HMPMonitor(StubMachine(), clock.schedule)  # type: ignore[arg-type]
+    mux = Mux(mon, out.append, lambda: exits.append(0), frontends=2)
+    mux.open()
+    mux.feed(b"stop\r")  # the serial port has the focus: dropped
+    assert text(out) == b"" and mon.machine.dispatcher.calls == []  # type: ignore[attr-defined]
+    mux.feed(b"\x01c")
+    assert text(out) == BANNER.replace("\n", "\r\n").encode() + b"(qemu) "
+    mux.feed(b"\x01c")
+    assert text(out) == b"\r\n"
+    mux.feed(b"\x01c\x01x")
+    assert text(out) == b"(qemu) QEMU: Terminated\n\r" and exits == [0]
+
+
+def test_mux_holds_escapes_while_the_monitor_is_suspended():
+    clock, out = Clock(), []
+    mon = HMPMonitor(StubMachine(), clock.schedule)  # type: ignore[arg-type]
+    mux = Mux(mon, out.append, lambda: None)
+    mux.open()
+    text(out)
+    mux.feed(b"migrate a:b\r\x01h")
+    clock.advance(0)
+    clock.advance(1)
+    assert b"C-a h" not in text(out)
+    clock.advance(1)
+    assert text(out) == b"(qemu) " + MUX_HELP.encode()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from migemu.emulator.hmp.console import HMPConsole
+from migemu.emulator.hmp.mux import Mux
 from migemu.emulator.hmp.readline import ReadLine
 from migemu.emulator.hmp.telnet import TELNET_INIT, TelnetFilter
 from migemu.emulator.qmp.server import SocketSpec
@@ -66,6 +67,7 @@ class HMPMonitor:
         self.quitting = False
         self.pending = bytearray()
         self.write: Write | None = None
+        self.on_resume: Callable[[], None] | None = None  # a mux reads again
 
     def _history(self) -> list[str]:
         return list(self.readline.history)
@@ -137,6 +139,19 @@ class HMPMonitor:
             self.readline.show_prompt()
             self._flush_readline()
             self._pump()
+            if self.on_resume is not None:
+                self.on_resume()
+
+    # -- a mux's focus (CHR_EVENT_MUX_OUT / MUX_IN) -------------------------------------------
+
+    def focus_out(self) -> None:
+        if self.suspended == 0:
+            self._emit("\n")
+        self.suspended += 1
+
+    def focus_in(self) -> None:
+        self.readline.restart()
+        self.resume()
 
 
 # --- sockets ----------------------------------------------------------------------------------
@@ -291,11 +306,18 @@ def raw_terminal(attrs: list[object]) -> list[object]:
 class HMPStdioService:
     """An HMP monitor on the process's stdin/stdout (``-monitor stdio``)."""
 
-    def __init__(self, machine: Machine, in_fd: int = 0, out_fd: int = 1) -> None:
+    def __init__(
+        self, machine: Machine, in_fd: int = 0, out_fd: int = 1, mux_frontends: int = 0
+    ) -> None:
         self.machine = machine
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.monitor = HMPMonitor(machine, self._schedule)
+        self.mux = (
+            Mux(self.monitor, self._write, lambda: machine.request_exit(0), mux_frontends)
+            if mux_frontends
+            else None
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self._saved_tty: list[object] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
@@ -320,7 +342,10 @@ class HMPStdioService:
         if os.isatty(self.in_fd):
             self._saved_tty = termios.tcgetattr(self.in_fd)
             termios.tcsetattr(self.in_fd, termios.TCSANOW, raw_terminal(self._saved_tty))
-        self.monitor.opened(self._write)
+        if self.mux is not None:
+            self.mux.open()
+        else:
+            self.monitor.opened(self._write)
         # A blocking reader thread works for every kind of stdin (tty, pipe, file, null).
         threading.Thread(target=self._reader, name="hmp-stdio", daemon=True).start()
 
@@ -342,7 +367,9 @@ class HMPStdioService:
     def _received(self, data: bytes) -> None:
         if self._closed:
             return
-        if data:
+        if data and self.mux is not None:
+            self.mux.feed(data)
+        elif data:
             self.monitor.feed(data)
         # EOF: QEMU stops reading stdin and keeps running; stdout still works.
 
@@ -368,7 +395,12 @@ def services_for(config: VMConfig, machine: Machine) -> list[Service]:
             continue
         chardev = chardevs[mon.chardev]
         if chardev.backend == "stdio":
-            services.append(HMPStdioService(machine))
+            mux = dict(chardev.options).get("mux", "off") in ("on", "yes", "true", "y")
+            # A serial port on the same mux is the other frontend (machines with one).
+            serial = config.machine.type != "none" and any(
+                s.chardev == chardev.id for s in config.serials
+            )
+            services.append(HMPStdioService(machine, mux_frontends=1 + serial if mux else 0))
         elif chardev.backend == "socket":
             port = int(chardev.port) if chardev.port is not None else None
             spec = SocketSpec(
