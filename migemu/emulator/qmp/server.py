@@ -74,6 +74,23 @@ class QMPConnection(asyncio.Protocol):
             self.endpoint.loop.call_soon(self.endpoint.stdio_closed)
         return False
 
+    # A client that sends without reading our replies stops being read once the transport's
+    # write buffer passes asyncio's high-water mark: its memory use stays bounded.
+    def pause_writing(self) -> None:
+        self._reading(False)
+
+    def resume_writing(self) -> None:
+        self._reading(self.session is not None)
+
+    def _reading(self, on: bool) -> None:
+        transport = self.transport
+        if not isinstance(transport, asyncio.ReadTransport) or transport.is_closing():
+            return
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.endpoint.disconnected(self)
         self.session = None
@@ -82,6 +99,7 @@ class QMPConnection(asyncio.Protocol):
     # endpoint side
     def activate(self, session: QMPSession) -> None:
         self.session = session
+        self._reading(True)
         self._send(session.greeting())
         backlog, self._backlog = self._backlog, []
         for data in backlog:
@@ -222,6 +240,7 @@ class MonitorEndpoint:
             conn.activate(self.session_factory())
         else:
             self.pending.append(conn)
+            conn._reading(False)  # not served yet: QEMU does not read it either
 
     def stdio_closed(self) -> None:
         """End of stdin on a ``-qmp stdio`` monitor: nothing more will be read."""
