@@ -555,6 +555,34 @@ def hmp_stdio_mux() -> list[Step]:
     return [*steps, {"op": "eof", "mon": "vm"}, {"op": "exit", "mon": "vm"}]
 
 
+def hmp_complete() -> list[Step]:
+    """Tab completion: commands with aliases, info and help sub-tables, argument values."""
+    argv = [*BASE, "-monitor", "unix:SOCK_hmp_complete,server=on,wait=off"]
+    steps: list[Step] = [
+        {"op": "start", "mon": "vm", "argv": argv},
+        {"op": "connect", "mon": "c", "proc": "vm"},
+    ]
+    for typed in [
+        "",
+        "s",
+        "d",
+        "info ",
+        "help info st",
+        'help "inf',
+        "migrate_set_parameter b",
+        "migrate_set_parameter ",
+        "migrate_set_capability events ",
+        "migrate_set_capability x-",
+        "qo",
+        "info migrate x",
+        "   ",
+        "migrate -d ",
+    ]:
+        steps += [_key("c", typed + "\t"), _cmd("c", "")]
+    steps.append(_cmd("c", "quit", until=None))
+    return [*steps, {"op": "eof", "mon": "c"}, {"op": "exit", "mon": "vm"}]
+
+
 SCENARIOS: dict[str, list[Step]] = {
     "hmp_unix": hmp_unix(),
     "hmp_clients": hmp_clients(),
@@ -563,6 +591,7 @@ SCENARIOS: dict[str, list[Step]] = {
     "hmp_stdio_pty": hmp_stdio("pty"),
     "hmp_telnet": hmp_telnet(),
     "hmp_stdio_mux": hmp_stdio_mux(),
+    "hmp_complete": hmp_complete(),
 }
 
 

@@ -337,7 +337,8 @@ def _qemu_entries(text: str) -> dict[str, str]:
     current: list[str] = []
     names: list[str] = []
     for line in text.splitlines(keepends=True):
-        if line.startswith("\t") and current:
+        # Continuation lines: tab-indented help, or drive_add's "[,opt=...]" synopsis lines.
+        if line.startswith(("\t", "[")) and current:
             current.append(line)
             continue
         if current:
@@ -467,26 +468,36 @@ class HMPConsole:
     # -- completion (monitor_find_completion) ------------------------------------------------
 
     def complete(self, text: str) -> tuple[list[str], int]:
-        """Tab completion of the text left of the cursor: (candidates, typed length)."""
-        words = text.split()
-        if not words or not text[-1:].isspace() and len(words) == 1:
-            typed = words[0] if words else ""
-            return [n for n in QEMU_COMMANDS if n.startswith(typed)], len(typed)
-        typed = "" if text[-1].isspace() else words[-1]
-        position = len(words) if text[-1].isspace() else len(words) - 1
-        head = words[0]
+        """monitor_find_completion: candidates for the text left of the cursor, and how
+        much of the last word is typed."""
+        args = _cmdline_args(text)
+        if args is None:
+            return [], 0
+        if text[-1:] in tuple(_SPACE):
+            args.append("")
+        if not args:
+            args = [""]
+        return self._complete_in(QEMU_COMMANDS, args), len(args[-1])
+
+    def _complete_in(self, table: dict[str, str], args: list[str]) -> list[str]:
+        if len(args) <= 1:
+            return [name for name in table if name.startswith(args[0] if args else "")]
+        head, last = args[0], args[-1]
+        if head not in table:
+            return []
+        if table is QEMU_COMMANDS and head == "info":
+            return self._complete_in(QEMU_INFO, args[1:])
+        if table is QEMU_COMMANDS and head in ("help", "?"):
+            return self._complete_in(QEMU_COMMANDS, args[1:])
         names: list[str] = []
-        if head == "info" and position == 1:
-            names = list(QEMU_INFO)
-        elif head in ("help", "?") and position == 1:
-            names = list(QEMU_COMMANDS)
-        elif head == "migrate_set_capability" and position == 1:
-            names = [c["capability"] for c in self.qmp("query-migrate-capabilities")]
-        elif head == "migrate_set_capability" and position == 2:
-            names = ["on", "off"]
-        elif head == "migrate_set_parameter" and position == 1:
-            names = list(self.qmp("query-migrate-parameters"))
-        return [n for n in names if n.startswith(typed)], len(typed)
+        if table is QEMU_COMMANDS and head == "migrate_set_capability":
+            if len(args) == 2:
+                names = [c["capability"] for c in self.qmp("query-migrate-capabilities")]
+            elif len(args) == 3:
+                names = ["on", "off"]
+        elif table is QEMU_COMMANDS and head == "migrate_set_parameter" and len(args) == 2:
+            names = [*self.qmp("query-migrate-parameters"), "block-bitmap-mapping"]
+        return [n for n in names if n.startswith(last)]
 
 
 __all__ = ["COMMANDS", "FALSE_WORDS", "TRUE_WORDS", "HMPCommand", "HMPConsole", "Result"]
