@@ -151,16 +151,22 @@ class RecvChannel:
         try:
             while True:
                 n = self.link.recv_into(view[: max(READ_CHUNK, self.decoder.needed())])
+                records = self.decoder.feed(view[:n]) if n else self.decoder.feed_eof()
+                # Apply the whole chunk before honouring a SYNC. The decoder pauses after
+                # the SYNC packet, the list's last record; checking ``paused`` after the
+                # first record let the barrier go with this epoch's packets unapplied, and
+                # they then landed after the next epoch's (stale pages: seen with zstd,
+                # whose tiny packets arrive many per read).
+                while True:
+                    for record in records:
+                        self._apply(record)  # type: ignore[arg-type]
+                    if not self.decoder.paused:
+                        break
+                    mig.barrier.channel_synced(self.id, self.decoder_packet_num)
+                    self.decoder.release()
+                    records = self.decoder.feed(b"")
                 if n == 0:
-                    self.decoder.feed_eof()
                     return
-                for record in self.decoder.feed(view[:n]):
-                    self._apply(record)  # type: ignore[arg-type]
-                    while self.decoder.paused:
-                        mig.barrier.channel_synced(self.id, self.decoder_packet_num)
-                        self.decoder.release()
-                        for more in self.decoder.feed(b""):
-                            self._apply(more)  # type: ignore[arg-type]
         except MultiFDError as err:
             mig.latch.fail(err)
         except Exception as err:
