@@ -7,12 +7,16 @@ no prompt after ``quit``, history kept across clients.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
 from migemu.emulator.hmp.mux import MUX_HELP, Mux
-from migemu.emulator.hmp.server import BANNER, HMPMonitor
+from migemu.emulator.hmp.server import BANNER, HMPMonitor, HMPSocketService
 from migemu.emulator.hmp.telnet import TELNET_INIT, TelnetFilter
+from migemu.emulator.qmp.server import SocketSpec
 
 K = b"\x1b[K"
 
@@ -164,3 +168,16 @@ def test_mux_holds_escapes_while_the_monitor_is_suspended():
     assert b"C-a h" not in text(out)
     clock.advance(1)
     assert text(out) == b"(qemu) " + MUX_HELP.encode()
+
+
+def test_hmp_unix_socket_is_owner_only(tmp_path):
+    async def main() -> int:
+        service = HMPSocketService(StubMachine(), SocketSpec(path=str(tmp_path / "h.sock")))  # type: ignore[arg-type]
+        await service.start()
+        try:
+            return stat.S_IMODE(os.stat(tmp_path / "h.sock").st_mode)
+        finally:
+            await service.close()
+
+    assert asyncio.run(main()) == 0o600
+    assert not (tmp_path / "h.sock").exists()

@@ -229,6 +229,7 @@ class HMPSocketService:
                 if os.path.exists(spec.path):
                     os.unlink(spec.path)
                 self.server = await loop.create_unix_server(lambda: _HMPConnection(self), spec.path)
+                os.chmod(spec.path, 0o600)  # like migemu's QMP sockets: the owner only
             else:
                 self.server = await loop.create_server(
                     lambda: _HMPConnection(self), spec.host or "127.0.0.1", spec.port
