@@ -276,3 +276,30 @@ async def test_cancel_then_migrate_to_a_new_destination(cluster, bootsect):
     await dst2.cmd("stop")
     assert column_consistent(await dst2.sweep_column()) is None
     assert await dst2.terminate() == 0
+
+
+@pytest.mark.parametrize("method", ["zstd", "zlib"])
+async def test_paused_destination_equals_stopped_source(cluster, bootsect, method):
+    """With -S the destination keeps the migrated memory: it must equal the source's, page
+    for page (compressed packets arrive many per read; all of an epoch's must land before
+    its SYNC is honoured)."""
+    src = await cluster.start("src", boot=bootsect)
+    dst = await cluster.start("dst", boot=bootsect, incoming="defer", extra=["-S"])
+    await src.cmd("migrate-set-parameters", {"max-bandwidth": 30_000_000, "downtime-limit": 1})
+    for vm in (src, dst):
+        await vm.cmd(
+            "migrate-set-parameters", {"multifd-channels": 16, "multifd-compression": method}
+        )
+        await vm.cmd("migrate-set-capabilities", {
+            "capabilities": [{"capability": "multifd", "state": True}]
+        })  # fmt: skip
+    await dst.cmd("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    await src.wait_serial("B")
+    await src.cmd("migrate", {"uri": await dst_uri(dst)})
+    await wait_for_pass(src)
+    await src.cmd("migrate-set-parameters", {"max-bandwidth": 10**9, "downtime-limit": 30_000})
+    assert (await src.wait_status(["completed", "failed"]))["status"] == "completed"
+    await dst.wait_status(["completed"])
+    source = await src.sweep_column()
+    assert column_consistent(source) is None
+    assert await dst.sweep_column() == source
