@@ -58,7 +58,7 @@ def services_for(config: VMConfig, machine: Machine) -> list[Service]:
     try:
         for serial in config.serials:
             chardev = chardevs.get(serial.chardev) if serial.chardev else None
-            ports.append(SerialPort.open(chardev, serial.spec))
+            ports.append(SerialPort.open(chardev, serial.spec, config.prog_name))
         disk = boot_disk(config)
         explicit_guest = bool(config.guest.properties)  # -migemu-guest given
         if disk is not None and not explicit_guest:

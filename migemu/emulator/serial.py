@@ -24,7 +24,7 @@ class SerialPort:
         self.written = 0
 
     @classmethod
-    def open(cls, chardev: ChardevConfig | None, spec: str) -> SerialPort:
+    def open(cls, chardev: ChardevConfig | None, spec: str, prog: str = "migemu") -> SerialPort:
         """Open the backend as QEMU does at start-up; QEMU's errors otherwise."""
         if chardev is None or chardev.backend == "null":
             return cls()
@@ -38,7 +38,9 @@ class SerialPort:
                 return cls(os.open(path, flags | os.O_CLOEXEC, 0o666))
             except OSError as err:
                 raise StartupError(
-                    f"-serial {spec}: Could not open '{path}': {err.strerror}"
+                    f"-serial {spec}: Could not open '{path}': {err.strerror}\n"
+                    f"{prog}: -serial {spec}: could not connect serial device to character "
+                    f"backend '{spec}'"
                 ) from err
         raise StartupError(
             f"-serial {spec}: migemu's serial port supports file:, stdio and null backends"

@@ -303,3 +303,20 @@ async def test_paused_destination_equals_stopped_source(cluster, bootsect, metho
     source = await src.sweep_column()
     assert column_consistent(source) is None
     assert await dst.sweep_column() == source
+
+
+async def test_serial_file_errors_as_qemu(tmp_path):
+    bad = tmp_path / "no" / "serial"
+    argv = ["-display", "none", "-m", "150M", "-monitor", "none", "-serial", f"file:{bad}"]
+    proc = subprocess.run(
+        [*migemu_cmd(), *argv], capture_output=True, text=True, timeout=DEADLINE_S
+    )
+    assert proc.returncode == 1
+    lines = [line.split(": ", 1)[1] for line in proc.stderr.splitlines()]
+    assert lines == [
+        f"-serial file:{bad}: Could not open '{bad}': No such file or directory",
+        f"-serial file:{bad}: could not connect serial device to character backend 'file:{bad}'",
+    ]
+    if QEMU is not None:
+        real = subprocess.run([QEMU, *argv], capture_output=True, text=True, timeout=DEADLINE_S)
+        assert [line.split(": ", 1)[1] for line in real.stderr.splitlines()] == lines
