@@ -31,7 +31,7 @@ SHARED_REPLAYED = ["a_basics"]
 OUT_OF_SCOPE = {
     "d_multifd_zstd": "real multifd migration: timing-dependent, not replayed yet",
     "e_cancel": "real migration and cancel: timing-dependent, not replayed yet",
-    "i_hmp": "HMP during real migrations: replayed by test_hmp_i_hmp.py with volatile numbers masked",
+    "i_hmp": "HMP during real migrations: replayed by test_hmp_i_hmp.py (numbers masked)",
 }
 
 
