@@ -56,7 +56,9 @@ class ErrorLatch:
         with self._lock:
             if self._error is not None:
                 return False
-            self._error = error
+            # A copy: the original, once raised, carries a traceback whose frames would keep
+            # the failing thread's locals (views of guest RAM) alive as long as the latch.
+            self._error = type(error)(error.desc)
             closers, self._closers = self._closers, []
         self.fired.set()
         for closer in closers:
