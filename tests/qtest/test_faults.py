@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -248,6 +249,10 @@ async def test_fault_matrix(cluster, tmp_path, image, method):
     started = time.monotonic()
     for fault, _, moment in cases:
         await bench.run_case(fault, moment)
+    # After all those failures the source still shuts down cleanly (guest RAM unmaps).
+    await bench.src.qmp.disconnect()
+    bench.src.proc.send_signal(signal.SIGTERM)
+    assert await bench.src.wait_exit() == 0, cluster.log("src")[-2000:]
     report = os.environ.get("MIGEMU_FAULT_REPORT")
     if report:
         seconds = round(time.monotonic() - started, 1)
