@@ -209,6 +209,7 @@ class Soak:
         except Exception as err:  # a hang or a bug: record it, go on with a fresh source
             outcome = "error"
             self.result.errors.append(f"#{self.count} {plan.describe()}: {err!r}")
+            print(f"soak: {self.result.errors[-1]}", file=sys.stderr, flush=True)
             self.src = None
         finally:
             faults.clear()
@@ -298,9 +299,13 @@ class Soak:
             self.result.errors.append(f"#{self.count} {late} IO calls after error")
 
     def _close_destination(self, dst: Machine) -> None:
+        # Machine.close() does not wait for the incoming threads: stop them first, or a
+        # receive thread still running writes into unmapped RAM.
+        incoming = dst.migrations.incoming
+        if incoming is not None:
+            incoming.cancel()
+            incoming.thread.join(SETTLE_S)
         dst.close()
-        if dst.migrations.incoming is not None:
-            dst.migrations.incoming.thread.join(SETTLE_S)
 
     def _settle(self) -> tuple[int, int]:
         """Threads and fds once everything that is winding down has ended."""
