@@ -183,12 +183,13 @@ def table(results: list[RunResult]) -> Table:
     dirty = f", guest dirtying {first.dirty_rate} pages/s" if first.dirty_rate else ""
     t = Table(
         box=box.SIMPLE_HEAD,
+        collapse_padding=True,  # with the short headers below, the table fits 80 columns
         title=f"migemu -> migemu, {first.size >> 20} MiB {first.image} guest, "
         f"{first.channels} multifd channel{'s' if first.channels > 1 else ''}{dirty}",
-        caption="time: query-migrate total-time; wire bytes: counted by a proxy; ratio: "
+        caption="time: query-migrate total-time; wire: bytes counted by a proxy; ratio: "
         "non-zero page bytes / wire bytes; throughput: guest RAM / time; iters: dirty syncs",
     )
-    for name in ("method", "time", "wire bytes", "ratio", "throughput", "downtime", "iters"):
+    for name in ("method", "time", "wire", "ratio", "throughput", "downtime", "iters"):
         t.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     t.add_column("verified", justify="center")
     for r in results:
