@@ -210,6 +210,10 @@ class Soak:
             outcome = "error"
             self.result.errors.append(f"#{self.count} {plan.describe()}: {err!r}")
             print(f"soak: {self.result.errors[-1]}", file=sys.stderr, flush=True)
+            src.migrations.shutdown()  # abandon this source: stop its threads, then a new one
+            if src.migrations.outgoing is not None:
+                src.migrations.outgoing.thread.join(SETTLE_S)
+            _close_machine(src)
             self.src = None
         finally:
             faults.clear()
