@@ -22,7 +22,7 @@ from migemu.emulator.qmp.session import QMPSession
 from migemu.qapi.errors import QMPError
 from migemu.qapi.qjson import MAX_TOKEN_SIZE, JSONStreamParser, encode_message
 
-EXAMPLES = int(os.environ.get("MIGEMU_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("MIGEMU_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
