@@ -17,6 +17,7 @@ from typing import Protocol
 from migemu.emulator.machine import Machine, version_info
 from migemu.emulator.qmp.server import MonitorEndpoint, SocketSpec
 from migemu.emulator.qmp.session import QMPSession
+from migemu.emulator.startup import StartupError
 from migemu.qapi.errors import QMPError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -52,14 +53,15 @@ async def serve(
 
     endpoints = [MonitorEndpoint(spec, new_session, machine.events, loop) for spec in qmp_specs]
     try:
-        for endpoint in endpoints:
-            await endpoint.start()
-        for service in services:
-            await service.start()
         try:
+            for endpoint in endpoints:
+                await endpoint.start()
+            for service in services:
+                await service.start()
             machine.start_incoming()
-        except QMPError as err:
-            print(f"{machine.prog_name}: {err.desc}", file=sys.stderr)
+        except (QMPError, StartupError) as err:
+            desc = err.desc if isinstance(err, QMPError) else str(err)
+            print(f"{machine.prog_name}: {desc}", file=sys.stderr)
             return 1
         if ready is not None:
             ready()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from migemu.emulator.events import Event, EventBus
 from migemu.emulator.migration import faults
 from migemu.emulator.qmp.session import QMPSession
+from migemu.emulator.startup import StartupError
 from migemu.qapi.qjson import JSONStreamParser, encode_message
 
 log = logging.getLogger(__name__)
@@ -222,10 +223,17 @@ class MonitorEndpoint:
                 )
             if spec.wait:
                 await self.first_client.wait()
-        elif spec.path is not None:
-            await self.loop.create_unix_connection(lambda: QMPConnection(self), spec.path)
         else:
-            await self.loop.create_connection(lambda: QMPConnection(self), spec.host, spec.port)
+            try:
+                if spec.path is not None:
+                    await self.loop.create_unix_connection(lambda: QMPConnection(self), spec.path)
+                else:
+                    await self.loop.create_connection(
+                        lambda: QMPConnection(self), spec.host, spec.port
+                    )
+            except OSError as err:
+                target = spec.path if spec.path is not None else f"{spec.host}:{spec.port}"
+                raise StartupError(f"Failed to connect to '{target}': {err.strerror}") from err
 
     def bound_port(self) -> int | None:
         if self.server is None or not self.server.sockets:
