@@ -57,6 +57,7 @@ def test_demo_numbers_are_query_migrates(demo_json):
         assert ram["total"] == 16 * MIB and ram["remaining"] == 0
         assert run["page_bytes"] == ram["normal-bytes"] == ram["normal"] * 4096
         assert run["wall_ms"] >= run["total_time_ms"] * 0.5
+        assert set(run["cpu_s"]) == {"src", "dst"} and run["cpu_total"] > 0
 
 
 def test_demo_wire_bytes_are_the_proxys(demo_json):
