@@ -183,10 +183,12 @@ def test_unmutated_stream_completes(method: str) -> None:
 @pytest.mark.parametrize("method", ["none", "zstd"])
 def test_mutated_streams(method: str) -> None:
     streams = recorded(method)
+    played = [0]
 
     @FUZZ
     @given(recipes)
     def run(recipe: tuple[int, str, float, int, int]) -> None:
+        played[0] += 1
         status, error, exit_status = play(method, mutate(streams, recipe))
         if status in ("none", "setup"):
             # A channel that fails before every channel is up: QEMU 7.2 reports the error
@@ -201,6 +203,7 @@ def test_mutated_streams(method: str) -> None:
             assert exit_status == 0
 
     run()
+    print(f"{method}: {played[0]} mutated streams played")
 
 
 def test_recorded_streams_are_real(tmp_path: Path) -> None:
