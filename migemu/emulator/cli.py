@@ -36,12 +36,14 @@ from migemu.qapi.errors import QMPError
 
 # Modules with ``services_for(config, machine) -> list[Service]``: what runs beside the QMP
 # monitors (HMP consoles, the qtest socket, the dashboard), each built from the command line.
-SERVICE_PROVIDERS: tuple[str, ...] = (
-    "migemu.emulator.qtest.service",  # connects before any monitor, as libqtest expects
-    "migemu.emulator.boot",
-    "migemu.emulator.hmp.server",
-    "migemu.emulator.dashboard.provider",
-    "migemu.emulator.commands.faults",
+SERVICE_PROVIDERS: tuple[tuple[str, Callable[[VMConfig], bool]], ...] = (
+    # (module, does this command line need it?): a module is imported only when needed,
+    # so that a plain QMP-only migemu starts fast.
+    ("migemu.emulator.qtest.service", lambda c: c.qtest is not None),  # before any monitor
+    ("migemu.emulator.boot", lambda c: bool(c.serials or c.drives or c.disk_images)),
+    ("migemu.emulator.hmp.server", lambda c: any(m.mode == "readline" for m in c.monitors)),
+    ("migemu.emulator.dashboard.provider", lambda c: c.dashboard is not None),
+    ("migemu.emulator.commands.faults", lambda c: bool(c.migemu_faults)),
 )
 # ``migemu SUBCOMMAND ...``: tools that are not a QEMU command line, each a module with main().
 SUBCOMMANDS: dict[str, str] = {"dashboard": "migemu.tools.dashboard"}
@@ -213,8 +215,9 @@ def run(config: VMConfig) -> int:
 
     try:
         services: list[Service] = []
-        for provider in SERVICE_PROVIDERS:
-            services.extend(importlib.import_module(provider).services_for(config, machine))
+        for provider, needed in SERVICE_PROVIDERS:
+            if needed(config):
+                services.extend(importlib.import_module(provider).services_for(config, machine))
     except StartupError as err:
         machine.close()
         print(f"{prog}: {err}", file=sys.stderr)

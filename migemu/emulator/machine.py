@@ -16,25 +16,19 @@ from typing import TYPE_CHECKING, Any
 from migemu import __version__
 from migemu.emulator.dispatch import Dispatcher
 from migemu.emulator.events import EventBus
-from migemu.emulator.guest import vcpu_section
-from migemu.emulator.guest.dirty import DirtyBitmap
-from migemu.emulator.guest.workload import (
-    DirtySpec,
-    SweepWorkload,
-    Workload,
-    WorkloadError,
-    WorkloadSpecError,
-    create_workload,
-    parse_workload_spec,
-)
-from migemu.emulator.migration.outgoing import DeviceSection
 from migemu.emulator.ram import GuestRAM
 from migemu.emulator.runstate import RunState
 from migemu.emulator.vm import VM
 from migemu.qapi.errors import QMPError
 
 if TYPE_CHECKING:
+    from migemu.emulator.guest.dirty import DirtyBitmap
+    from migemu.emulator.guest.workload import Workload
+    from migemu.emulator.migration.outgoing import DeviceSection
     from migemu.multifd.mainstream.records import SectionData, SectionSpec
+
+# Modules imported on first use, not at start-up: numpy (dirty logs, workloads), the
+# migration engine and wire formats. An idle machine answers QMP without them.
 
 QEMU_VERSION = (7, 2, 22)
 PACKAGE = f"migemu {__version__}"
@@ -79,7 +73,7 @@ class Machine:
         )
         self.migration = MigrationSettings.from_globals(options.globals)
         self.migration.incoming = lambda: self.vm.state is RunState.INMIGRATE
-        self.dirty = {b.name: DirtyBitmap(b.pages) for b in self.ram.blocks}
+        self._dirty: dict[str, DirtyBitmap] | None = None
         self.workload: Workload | None = None
         self.set_guest(options.guest)
         self.vm.add_listener(self._runstate_changed)
@@ -105,8 +99,29 @@ class Machine:
 
     # -- the guest ---------------------------------------------------------------------------
 
+    @property
+    def dirty(self) -> dict[str, DirtyBitmap]:
+        """The dirty log of each RAM block, created when a workload or a migration first
+        needs it (before that, nothing has written guest RAM that a migration must resend:
+        migration setup marks every page dirty anyway)."""
+        if self._dirty is None:
+            from migemu.emulator.guest.dirty import DirtyBitmap
+
+            self._dirty = {b.name: DirtyBitmap(b.pages) for b in self.ram.blocks}
+        return self._dirty
+
     def set_guest(self, spec_text: str) -> None:
         """Replace the guest workload (``-migemu-guest`` / ``x-migemu-set-guest``)."""
+        if spec_text.strip() == "idle" and self.workload is None:
+            return  # the default: nothing to run, nothing to import
+        from migemu.emulator.guest.workload import (
+            DirtySpec,
+            WorkloadError,
+            WorkloadSpecError,
+            create_workload,
+            parse_workload_spec,
+        )
+
         try:
             spec = parse_workload_spec(spec_text)
             workload = None
@@ -133,16 +148,25 @@ class Machine:
 
     def device_sections(self) -> list[DeviceSection]:
         """Sections after RAM the source sends: the vCPU's state when the guest has one."""
+        from migemu.emulator.guest import vcpu_section
+        from migemu.emulator.guest.workload import SweepWorkload
+        from migemu.emulator.migration.outgoing import DeviceSection
+
         workload = self.workload
         if not isinstance(workload, SweepWorkload):
             return []
         return [DeviceSection(lambda enc: vcpu_section.encode(workload.state()))]
 
     def incoming_sections(self) -> list[SectionSpec]:
+        from migemu.emulator.guest import vcpu_section
+
         return [vcpu_section.SPEC]
 
     def load_section(self, record: SectionData) -> None:
         """The source's vCPU state: the destination's guest continues from it."""
+        from migemu.emulator.guest import vcpu_section
+        from migemu.emulator.guest.workload import SweepWorkload
+
         if record.idstr == vcpu_section.IDSTR and isinstance(self.workload, SweepWorkload):
             assert isinstance(record.value, bytes)
             self.workload.restore(record.value)

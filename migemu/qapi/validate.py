@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
-
-import jsonschema
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from migemu.qapi.errors import CommandNotFound, QMPError
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 from migemu.qapi.jsonschema_gen import command_arguments_schema, json_kind
 from migemu.qapi.schema import (
     AlternateType,
@@ -52,15 +52,20 @@ def _is_integer(_checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
-)
+@functools.cache
+def _validator_class() -> Any:
+    # jsonschema is imported on the first validation, not at start-up (~60 ms of imports).
+    import jsonschema
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator,
+        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+    )
 
 
 @functools.cache
 def _validator(command: str) -> Any:
-    return _Validator(command_arguments_schema(load_schema(), command))
+    return _validator_class()(command_arguments_schema(load_schema(), command))
 
 
 def command_not_found(command: str) -> CommandNotFound:

@@ -14,10 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from migemu.emulator.migration.incoming import IncomingContext, IncomingMigration
 from migemu.emulator.migration.info import query_migrate
-from migemu.emulator.migration.link import ConnectError, ExecSource, Listener
-from migemu.emulator.migration.outgoing import OutgoingContext, OutgoingMigration
 from migemu.emulator.migration.state import (
     MigrationEvent,
     MigrationStateMachine,
@@ -31,6 +28,12 @@ from migemu.qapi.errors import QMPError
 
 if TYPE_CHECKING:
     from migemu.emulator.machine import Machine
+    from migemu.emulator.migration.incoming import IncomingMigration
+    from migemu.emulator.migration.link import ExecSource, Listener
+    from migemu.emulator.migration.outgoing import OutgoingMigration
+
+# The engine (threads, sockets, wire formats, numpy) is imported by the first migrate or
+# migrate-incoming, not at start-up.
 
 MIGRATION_ACTIVE = "There's a migration process in progress"
 
@@ -82,6 +85,8 @@ class MigrationManager:
         except UriError as err:
             self.source.fail(err.desc)
             raise QMPError(err.desc) from err
+        from migemu.emulator.migration.outgoing import OutgoingContext, OutgoingMigration
+
         ctx = OutgoingContext(
             ram=machine.ram,
             dirty=machine.dirty,
@@ -142,6 +147,9 @@ class MigrationManager:
             raise QMPError(f"unknown migration protocol: {uri}") from err
         except UriError as err:
             raise QMPError(err.desc) from err
+        from migemu.emulator.migration.incoming import IncomingContext, IncomingMigration
+        from migemu.emulator.migration.link import ConnectError, ExecSource, Listener
+
         if address.kind not in ("tcp", "unix", "exec"):
             raise QMPError(f"migemu cannot receive a migration over {address.kind}")
         listener: Listener | ExecSource
