@@ -27,6 +27,7 @@ from migemu.emulator.hmp.readline import ReadLine
 from migemu.emulator.hmp.telnet import TELNET_INIT, TelnetFilter
 from migemu.emulator.qmp.server import SocketSpec
 from migemu.emulator.startup import StartupError
+from migemu.emulator.unixsock import owner_only
 
 if TYPE_CHECKING:
     from migemu.emulator.cmdline import VMConfig
@@ -228,8 +229,10 @@ class HMPSocketService:
             if spec.path is not None:
                 if os.path.exists(spec.path):
                     os.unlink(spec.path)
-                self.server = await loop.create_unix_server(lambda: _HMPConnection(self), spec.path)
-                os.chmod(spec.path, 0o600)  # like migemu's QMP sockets: the owner only
+                with owner_only():
+                    self.server = await loop.create_unix_server(
+                        lambda: _HMPConnection(self), spec.path
+                    )
             else:
                 self.server = await loop.create_server(
                     lambda: _HMPConnection(self), spec.host or "127.0.0.1", spec.port

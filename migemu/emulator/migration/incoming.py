@@ -212,6 +212,7 @@ class IncomingMigration:
         self.main: Link | None = None
         self.source_runstate: str | None = None
         self.error: str | None = None
+        self.cancelled = False  # the machine is shutting down: not a migration failure
         self.thread = threading.Thread(target=self._run, name="migration_incoming", daemon=True)
 
     def start(self) -> None:
@@ -386,4 +387,5 @@ class IncomingMigration:
 
     def cancel(self) -> None:
         """Stop listening / loading (used when the machine shuts down)."""
+        self.cancelled = True
         self.latch.fail(ChannelClosed("incoming migration cancelled"))

@@ -22,6 +22,7 @@ from typing import Protocol
 from migemu.emulator.migration import faults
 from migemu.emulator.migration.info import inet_socket_address, unix_socket_address
 from migemu.emulator.migration.uri import MigrationAddress
+from migemu.emulator.unixsock import owner_only
 from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken
 
 Buffer = bytes | bytearray | memoryview
@@ -281,8 +282,8 @@ class Listener:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address.path)
             try:
-                sock.bind(address.path)
-                os.chmod(address.path, 0o600)
+                with owner_only():
+                    sock.bind(address.path)
             except OSError as err:
                 sock.close()
                 raise ConnectError(

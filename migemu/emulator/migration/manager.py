@@ -173,7 +173,12 @@ class MigrationManager:
         self.incoming.start()
 
     def _incoming_done(self, incoming: IncomingMigration) -> None:
-        if self.destination.status is MigrationStatus.FAILED:
+        # A failure before the channels were all up leaves the state at none (as in 7.2,
+        # which has no transition for it); the process still exits 1 like a failed load.
+        failed = self.destination.status is MigrationStatus.FAILED or (
+            incoming.error is not None and self.destination.status is MigrationStatus.NONE
+        )
+        if failed and not incoming.cancelled:
             self.report(f"{self.machine.prog_name}: {incoming.error}")
             self.machine.request_exit(1)
 
@@ -186,9 +191,17 @@ class MigrationManager:
             sockets = incoming.socket_address()
         return query_migrate(self.source, self.stats, self.destination, sockets)
 
-    def shutdown(self) -> None:
-        """The machine is going away: end every migration thread's IO."""
+    def shutdown(self, join_timeout_s: float = 10.0) -> None:
+        """The machine is going away: end every migration thread's IO and wait for the
+        threads, so that nothing touches guest RAM once it is unmapped."""
+        threads = []
         if self.outgoing is not None:
             self.outgoing.cancel()
+            threads.append(self.outgoing.thread)
         if self.incoming is not None:
             self.incoming.cancel()
+            threads.append(self.incoming.thread)
+        current = threading.current_thread()
+        for thread in threads:
+            if thread.is_alive() and thread is not current:
+                thread.join(join_timeout_s)

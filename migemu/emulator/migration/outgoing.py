@@ -222,10 +222,14 @@ class OutgoingMigration:
         self.main = connect(self.address, self.latch, "main")
         self.writer = MainWriter(self.main, self.stats)
         if self.multifd:
-            links = [
-                connect(self.address, self.latch, f"multifd{i}")
-                for i in range(self.params["multifd-channels"])
-            ]
+            links: list[Link] = []
+            try:
+                for i in range(self.params["multifd-channels"]):
+                    links.append(connect(self.address, self.latch, f"multifd{i}"))
+            except BaseException:
+                for link in links:  # the pool never got them: close them here, now
+                    link.close()
+                raise
             method = self.params["multifd-compression"]
             level = self.params.get(f"multifd-{method}-level", 1)
             self.pool = ChannelPool(links, method, level, self.latch, self.stats, self.ctx.uuid)

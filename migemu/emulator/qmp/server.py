@@ -20,6 +20,7 @@ from migemu.emulator.events import Event, EventBus
 from migemu.emulator.migration import faults
 from migemu.emulator.qmp.session import QMPSession
 from migemu.emulator.startup import StartupError
+from migemu.emulator.unixsock import owner_only
 from migemu.qapi.qjson import JSONStreamParser, encode_message
 
 log = logging.getLogger(__name__)
@@ -213,10 +214,10 @@ class MonitorEndpoint:
             if spec.path is not None:
                 if os.path.exists(spec.path):
                     os.unlink(spec.path)  # as QEMU does before binding a unix listener
-                self.server = await self.loop.create_unix_server(
-                    lambda: QMPConnection(self), spec.path
-                )
-                os.chmod(spec.path, 0o600)
+                with owner_only():
+                    self.server = await self.loop.create_unix_server(
+                        lambda: QMPConnection(self), spec.path
+                    )
             else:
                 self.server = await self.loop.create_server(
                     lambda: QMPConnection(self), spec.host or "127.0.0.1", spec.port
