@@ -193,12 +193,15 @@ class OutgoingMigration:
                 self.on_finish(self)
 
     def _fail(self, desc: str) -> None:
-        if self.sm.status in (MigrationStatus.CANCELLING, MigrationStatus.CANCELLED):
-            return
-        first = self.latch.fail(ChannelClosed(desc))
+        """Fail with the migration's first error (a channel may have latched one before
+        ours); a cancel is not a failure."""
+        self.latch.fail(ChannelClosed(desc))
         error = self.latch.error
-        reason = error.desc if error is not None and not first else desc
-        if error is not None and error.desc == CANCELLED_DESC:
+        reason = error.desc if error is not None else desc
+        if reason == CANCELLED_DESC or self.sm.status in (
+            MigrationStatus.CANCELLING,
+            MigrationStatus.CANCELLED,
+        ):
             return
         self.sm.fail(reason)
 
