@@ -15,11 +15,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import DEADLINE_S, migemu_cmd
+from harness import DEADLINE_S, VM, migemu_cmd
 from qemu.qmp import QMPClient
 
 PAGE = 4096
@@ -57,24 +57,23 @@ def libqtest_argv(
 
 
 @dataclass
-class QtestMachine:
-    name: str
-    proc: subprocess.Popen[bytes]
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    qmp: QMPClient
-    serial: Path
-    events: list[dict[str, Any]] = field(default_factory=list)
-    _listener: asyncio.Task[None] | None = None
+class QtestMachine(VM):
+    """A ``VM`` that libqtest-style tests also drive over its qtest socket."""
+
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    serial: Path | None = None
 
     # -- qtest -------------------------------------------------------------------------
 
     async def qtest(self, line: str) -> str:
+        assert self.reader is not None and self.writer is not None
         self.writer.write(line.encode() + b"\n")
         return (await self.reader.readline()).decode().rstrip("\n")
 
     async def qtest_many(self, lines: Sequence[str]) -> list[str]:
         """Send every command, then read every answer (one answer per command, in order)."""
+        assert self.reader is not None and self.writer is not None
         self.writer.write("".join(f"{line}\n" for line in lines).encode())
         return [(await self.reader.readline()).decode().rstrip("\n") for _ in lines]
 
@@ -91,14 +90,7 @@ class QtestMachine:
         answers = await self.qtest_many([f"read 0x{a:x} 0x1" for a in range(start, end, PAGE)])
         return bytes(int(a[5:], 16) for a in answers)
 
-    # -- QMP and the process -----------------------------------------------------------
-
-    async def cmd(self, name: str, args: dict[str, Any] | None = None) -> Any:
-        return await self.qmp.execute(name, args)
-
-    async def listen(self) -> None:
-        async for event in self.qmp.events:
-            self.events.append(event)
+    # -- QMP and the process (cmd, listen, wait_status, wait_exit: see harness.VM) -----
 
     async def wait_event(self, name: str, deadline_s: float = DEADLINE_S) -> dict[str, Any]:
         end = time.monotonic() + deadline_s
@@ -110,33 +102,16 @@ class QtestMachine:
                 raise TimeoutError(f"{self.name}: no {name} event")
             await asyncio.sleep(0.01)
 
-    async def wait_status(self, statuses: Sequence[str], deadline_s: float = DEADLINE_S) -> Any:
-        end = time.monotonic() + deadline_s
-        while True:
-            info = await self.cmd("query-migrate")
-            if info.get("status") in statuses:
-                return info
-            if time.monotonic() > end:
-                raise TimeoutError(f"{self.name}: status {info.get('status')} not in {statuses}")
-            await asyncio.sleep(0.005)
-
     async def wait_serial(self, char: str, deadline_s: float = DEADLINE_S) -> str:
         end = time.monotonic() + deadline_s
         while True:
+            assert self.serial is not None
             text = self.serial.read_text(encoding="latin-1")
             if char in text:
                 return text
             if time.monotonic() > end:
                 raise TimeoutError(f"{self.name}: no {char!r} on serial (have {text[:40]!r})")
             await asyncio.sleep(0.005)
-
-    async def wait_exit(self, deadline_s: float = DEADLINE_S) -> int:
-        end = time.monotonic() + deadline_s
-        while self.proc.poll() is None:
-            if time.monotonic() > end:
-                raise TimeoutError(f"{self.name} did not exit")
-            await asyncio.sleep(0.01)
-        return self.proc.returncode
 
     async def terminate(self) -> int:
         """SIGTERM as qtest_quit does; the exit status (negative: killed by a signal)."""
@@ -145,20 +120,9 @@ class QtestMachine:
         return await self.wait_exit()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-        try:
-            await self.qmp.disconnect()
-        except Exception:
-            pass
-        self.writer.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.writer is not None:
+            self.writer.close()
+        await super().close()
 
 
 class QtestCluster:
@@ -210,7 +174,10 @@ class QtestCluster:
             for p in (qtest_path, qmp_path):
                 if p.exists():
                     os.unlink(p)
-        vm = QtestMachine(name, proc, reader, writer, qmp, self.tmp / f"{name}.serial")
+        vm = QtestMachine(
+            name, proc, qmp, qmp_path, None,
+            reader=reader, writer=writer, serial=self.tmp / f"{name}.serial",
+        )  # fmt: skip
         self.machines.append(vm)
         vm._listener = asyncio.create_task(vm.listen())
         assert await vm.qtest("endianness") == "OK little"  # libqtest asks first
