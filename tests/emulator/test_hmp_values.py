@@ -49,6 +49,8 @@ def test_size(text, shift, value):
             "Parameter 'cpu-throttle-tailslow' expects 'on' or 'off'",
         ),
         ("max-bandwidth", "1x", "Invalid size 1x"),
+        ("max-bandwidth", "16E", "Invalid size 16E"),
+        ("downtime-limit", "16E", "Value '16E' is out of range for parameter 'downtime-limit'"),
         ("foo", "1", "invalid parameter value: foo"),
         (
             "block-bitmap-mapping",

@@ -1,9 +1,11 @@
 """Byte sizes as QEMU's command line spells them ("256M", "1.5G", "0x1000").
 
-Part of the emulator layer's command-line parser. Rules observed on QEMU 7.2: optional leading
-blanks and '+', a decimal number with an optional fraction or a 0x hex integer, then at most
-one suffix b/k/M/G/T/P/E (any case, powers of 1024); nothing may follow. A fraction needs a
-suffix other than 'b' unless it is zero, and is truncated to whole bytes.
+Part of the emulator layer's command-line parser; also the one place that reads QEMU's sizes
+and C integers for ``-global`` properties and HMP's ``migrate_set_parameter``. Rules observed
+on QEMU 7.2: optional leading blanks and '+', a decimal number with an optional fraction or
+a 0x hex integer, then at most one suffix b/k/M/G/T/P/E (any case, powers of 1024); nothing
+may follow. A fraction needs a suffix other than 'b' unless it is zero, and is truncated to
+whole bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,28 @@ _NUMBER = re.compile(
     r"(?P<suffix>[bBkKmMgGtTpPeE]?)"
 )
 UINT64_MAX = (1 << 64) - 1
+
+
+_C_UINT = re.compile(r"[ \t\n\r\f\v]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+
+def parse_c_uint64(text: str) -> int | None:
+    """C's ``strtoull(text, base 0)`` over the whole text, as QEMU's string visitors and
+    properties read integers: hex, octal or decimal, a sign, negatives wrapping modulo 2^64;
+    None if malformed or beyond 64 bits."""
+    m = _C_UINT.fullmatch(text)
+    if m is None:
+        return None
+    digits = m.group(2)
+    if digits[:2] in ("0x", "0X"):
+        value = int(digits[2:], 16)
+    elif digits.startswith("0") and len(digits) > 1:
+        value = int(digits[1:], 8)  # a leading 0 means octal
+    else:
+        value = int(digits)
+    if value > UINT64_MAX:
+        return None
+    return (-value) & UINT64_MAX if m.group(1) == "-" else value
 
 
 class SizeError(ValueError):

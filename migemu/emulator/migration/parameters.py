@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from migemu.emulator.cmdline.sizes import SizeError, parse_c_uint64, parse_size
 from migemu.qapi.errors import QMPError
 
 TARGET_PAGE_SIZE = 4096  # x86
@@ -290,55 +291,21 @@ SIZE_HINT = (
     "and exabytes, respectively."
 )
 _UINT_BITS = {"uint8": 8, "uint32": 32, "uint64": 64}
-_SIZE_UNITS = {"b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 
 
-def _parse_c_uint64(text: str) -> int | None:
-    """strtoull(text, base 0) that must consume all of text; negatives wrap; None if invalid."""
-    m = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
-    if m is None:
+def _parse_size(text: str) -> int | None:
+    """qemu_strtosz: None if malformed; ``_OutOfRange`` if it does not fit 64 bits. (QEMU
+    also warns that a suffix on a hex number is deprecated; migemu accepts it silently.)"""
+    try:
+        return parse_size(text)[0]
+    except SizeError as err:
+        if err.out_of_range:
+            raise _OutOfRange from err
         return None
-    digits = m.group(2)
-    if digits[:2] in ("0x", "0X"):
-        value = int(digits[2:], 16)
-    elif digits.startswith("0") and len(digits) > 1:
-        value = int(digits[1:], 8)
-    else:
-        value = int(digits)
-    if value >= 2**64:
-        return None
-    return (-value) % 2**64 if m.group(1) == "-" else value
 
 
 class _OutOfRange(Exception):
     pass
-
-
-def _parse_size(text: str) -> int | None:
-    """qemu_strtosz: a byte count with an optional fraction and binary-unit suffix.
-
-    None if malformed; ``_OutOfRange`` if it does not fit 64 bits. (QEMU also warns that a
-    suffix on a hex number is deprecated; migemu accepts it silently.)
-    """
-    m = re.fullmatch(
-        r"[ \t\n\v\f\r]*\+?(0[xX][0-9a-fA-F]+|[0-9]+)(\.[0-9]*)?([bBkKmMgGtTpPeE]?)", text
-    )
-    if m is None:
-        return None
-    whole, fraction, suffix = m.groups()
-    if whole[:2] in ("0x", "0X"):
-        if fraction:
-            return None
-        value = int(whole[2:], 16)
-    else:
-        value = int(whole)
-    shift = _SIZE_UNITS[suffix.lower()] if suffix else 0
-    if fraction and fraction != "." and shift == 0:
-        return None  # a fraction needs a unit larger than bytes
-    total = (value << shift) + int(float("0" + (fraction or "")) * (1 << shift))
-    if total >= 2**64:
-        raise _OutOfRange
-    return total
 
 
 def parse_global_value(prop: MigrationProperty, text: str) -> Any:
@@ -366,7 +333,7 @@ def parse_global_value(prop: MigrationProperty, text: str) -> Any:
                 f"Parameter '{name}' expects a non-negative number below 2^64\n{SIZE_HINT}"
             )
         return value
-    value = _parse_c_uint64(text)
+    value = parse_c_uint64(text)
     if value is None:
         raise QMPError(f"Parameter '{name}' expects uint64")
     if value >= 2 ** _UINT_BITS[prop.type]:
