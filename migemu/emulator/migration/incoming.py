@@ -264,11 +264,17 @@ class IncomingMigration:
                 )
             link = self.listener.accept(self.latch, f"multifd{accepted}")
             decoder = ChannelDecoder(method, blocks)
-            greeting = self._read_greeting(link, decoder, accepted)
             try:
-                cid = check_init(greeting, channels=wanted, local_uuid=self.ctx.uuid, taken=taken)
-            except ProtocolError as err:
-                raise ProtocolError(INIT_ERROR_PREFIX.format(accepted) + err.desc) from err
+                greeting = self._read_greeting(link, decoder, accepted)
+                try:
+                    cid = check_init(
+                        greeting, channels=wanted, local_uuid=self.ctx.uuid, taken=taken
+                    )
+                except ProtocolError as err:
+                    raise ProtocolError(INIT_ERROR_PREFIX.format(accepted) + err.desc) from err
+            except BaseException:
+                link.close()  # not a channel yet: _cleanup would never close it
+                raise
             decoder.accept(cid)
             taken.add(cid)
             accepted += 1
@@ -287,14 +293,17 @@ class IncomingMigration:
         if not self.multifd:
             raise ProtocolError(NOT_MULTIFD)
         link = self.listener.accept(self.latch, "extra")
-        decoder = ChannelDecoder(self.ctx.settings.get("multifd-compression"), {})
-        greeting = self._read_greeting(link, decoder, wanted)
-        taken = {c.id for c in self.channels}
         try:
-            check_init(greeting, channels=wanted, local_uuid=self.ctx.uuid, taken=taken)
-        except ProtocolError as err:
-            raise ProtocolError(INIT_ERROR_PREFIX.format(wanted) + err.desc) from err
-        raise ProtocolError(INIT_ERROR_PREFIX.format(wanted) + "one channel too many")
+            decoder = ChannelDecoder(self.ctx.settings.get("multifd-compression"), {})
+            greeting = self._read_greeting(link, decoder, wanted)
+            taken = {c.id for c in self.channels}
+            try:
+                check_init(greeting, channels=wanted, local_uuid=self.ctx.uuid, taken=taken)
+            except ProtocolError as err:
+                raise ProtocolError(INIT_ERROR_PREFIX.format(wanted) + err.desc) from err
+            raise ProtocolError(INIT_ERROR_PREFIX.format(wanted) + "one channel too many")
+        finally:
+            link.close()
 
     def _read_greeting(self, link: Link, decoder: ChannelDecoder, index: int) -> MultiFDInit:
         buf = bytearray(64)
