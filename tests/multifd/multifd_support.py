@@ -10,6 +10,7 @@ import json
 import random
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -100,6 +101,25 @@ def wait_status(qmp: QMP, *wanted: str) -> str | None:
             break
         time.sleep(0.01)
     return status
+
+
+def start_qemu(
+    ram: Path, qmp_path: Path, *, incoming: bool = True, share: bool = True
+) -> subprocess.Popen[bytes]:
+    """Real QEMU 7.2, ``-machine none`` with ``ram`` as its 4 MiB memory-backend-file and a
+    QMP socket; ``-incoming defer`` for a destination. Output is one pipe (stdout)."""
+    assert QEMU is not None
+    backend = f"memory-backend-file,id=mem0,size=4M,mem-path={ram},share={'on' if share else 'off'}"
+    return subprocess.Popen(
+        [
+            QEMU, "-machine", "none", "-nodefaults", "-display", "none", "-m", "4M",
+            "-object", backend,
+            "-machine", "memory-backend=mem0", "-qmp", f"unix:{qmp_path},server=on,wait=off",
+            *(["-incoming", "defer"] if incoming else []),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
 
 
 def free_port() -> int:

@@ -10,12 +10,11 @@ with its RAM equal to the image. Skipped when qemu-system-x86_64 is not installe
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-from multifd_support import DEADLINE_S, QEMU, QMP, free_port, make_image, wait_status
+from multifd_support import DEADLINE_S, QEMU, QMP, free_port, make_image, start_qemu, wait_status
 from multifd_support import QEMU_RAM_SIZE as RAM_SIZE
 
 from migemu.multifd import PAGE_SIZE, ChannelEncoder, PacketNumbers
@@ -71,28 +70,7 @@ def test_real_qemu_accepts_our_streams(method: str, tmp_path: Path) -> None:
     ram = tmp_path / "dst-ram"
     ram.write_bytes(bytes(RAM_SIZE))
     qmp_path = tmp_path / "qmp.sock"
-    proc = subprocess.Popen(
-        [
-            str(QEMU),
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            "4M",
-            "-object",
-            f"memory-backend-file,id=mem0,size=4M,mem-path={ram},share=on",
-            "-machine",
-            "memory-backend=mem0",
-            "-qmp",
-            f"unix:{qmp_path},server=on,wait=off",
-            "-incoming",
-            "defer",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_qemu(ram, qmp_path)
     try:
         qmp = QMP(qmp_path)
         qmp.cmd(

@@ -6,12 +6,11 @@ from __future__ import annotations
 import queue
 import socket
 import struct
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-from multifd_support import DEADLINE_S, QEMU, QMP, free_port
+from multifd_support import DEADLINE_S, QEMU, QMP, free_port, start_qemu
 from multifd_support import QEMU_RAM_SIZE as RAM_SIZE
 
 from migemu.multifd import ProtocolError, check_init, decode_init, encode_init
@@ -78,28 +77,7 @@ def qemu_output(stream: bytes, tmp_path: Path) -> tuple[int, str]:
     ram = tmp_path / "ram"
     ram.write_bytes(bytes(RAM_SIZE))
     qmp_path = tmp_path / "qmp.sock"
-    proc = subprocess.Popen(
-        [
-            str(QEMU),
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            "4M",
-            "-object",
-            f"memory-backend-file,id=mem0,size=4M,mem-path={ram},share=on",
-            "-machine",
-            "memory-backend=mem0",
-            "-qmp",
-            f"unix:{qmp_path},server=on,wait=off",
-            "-incoming",
-            "defer",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_qemu(ram, qmp_path)
     try:
         qmp = QMP(qmp_path)
         port = free_port()
@@ -149,28 +127,7 @@ def test_encoder_stream_is_accepted_without_multifd(tmp_path: Path) -> None:
     ram = tmp_path / "ram"
     ram.write_bytes(b"\x01" * RAM_SIZE)
     qmp_path = tmp_path / "qmp.sock"
-    proc = subprocess.Popen(
-        [
-            str(QEMU),
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            "4M",
-            "-object",
-            f"memory-backend-file,id=mem0,size=4M,mem-path={ram},share=on",
-            "-machine",
-            "memory-backend=mem0",
-            "-qmp",
-            f"unix:{qmp_path},server=on,wait=off",
-            "-incoming",
-            "defer",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_qemu(ram, qmp_path)
     try:
         qmp = QMP(qmp_path)
         port = free_port()
@@ -197,28 +154,7 @@ def qemu_greeting_error(greetings: list[bytes], tmp_path: Path) -> str:
     ram = tmp_path / "ram"
     ram.write_bytes(bytes(RAM_SIZE))
     qmp_path = tmp_path / "qmp.sock"
-    proc = subprocess.Popen(
-        [
-            str(QEMU),
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            "4M",
-            "-object",
-            f"memory-backend-file,id=mem0,size=4M,mem-path={ram},share=on",
-            "-machine",
-            "memory-backend=mem0",
-            "-qmp",
-            f"unix:{qmp_path},server=on,wait=off",
-            "-incoming",
-            "defer",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_qemu(ram, qmp_path)
     lines: queue.Queue[bytes] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()])
     reader.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from multifd_support import DEADLINE_S, QEMU, QMP, make_image, wait_status
+from multifd_support import DEADLINE_S, QEMU, QMP, make_image, start_qemu, wait_status
 from multifd_support import QEMU_RAM_SIZE as RAM_SIZE
 
 from migemu.multifd import (
@@ -68,26 +68,7 @@ def test_our_decoders_read_a_real_qemu_source(method: str, level: int, tmp_path:
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(DEADLINE_S)
     port = server.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            str(QEMU),
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            "4M",
-            "-object",
-            f"memory-backend-file,id=mem0,size=4M,mem-path={image_path},share=off",
-            "-machine",
-            "memory-backend=mem0",
-            "-qmp",
-            f"unix:{qmp_path},server=on,wait=off",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_qemu(image_path, qmp_path, incoming=False, share=False)
     try:
         qmp = QMP(qmp_path)
         qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
