@@ -612,16 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for name in names:
         entries = record(SCENARIOS[name], [args.qemu])
-        out = args.out / f"{name}.jsonl"
-        if not args.check:
-            tr.save(out, entries)
-            print(f"{out}: {len(entries)} entries", file=sys.stderr)
-            continue
-        differences = tr.diff(tr.load(out), entries) if out.exists() else ["(missing)"]
-        print(f"{out}: {'differs' if differences else 'same'}", file=sys.stderr)
-        for line in differences:
-            print(line)
-        status |= bool(differences)
+        status |= tr.save_or_check(args.out / f"{name}.jsonl", entries, args.check)
     return status
 
 

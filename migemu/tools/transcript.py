@@ -16,6 +16,7 @@ import difflib
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,3 +223,17 @@ def diff(expected: list[Entry], actual: list[Entry]) -> list[str]:
         b = [signature(e) for e in actual if e["mon"] == mon]
         lines += difflib.unified_diff(a, b, "expected", "actual", lineterm="", n=1)
     return lines
+
+
+def save_or_check(out: Path, entries: list[Entry], check: bool) -> bool:
+    """A recorder's last step: write ``entries`` to ``out``, or with ``check`` compare them
+    with the committed file and print the differences. Returns whether they differ."""
+    if not check:
+        save(out, entries)
+        print(f"{out}: {len(entries)} entries", file=sys.stderr)
+        return False
+    differences = diff(load(out), entries) if out.exists() else ["(missing)"]
+    print(f"{out}: {'differs' if differences else 'same'}", file=sys.stderr)
+    for line in differences:
+        print(line)
+    return bool(differences)
