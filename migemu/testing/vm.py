@@ -478,28 +478,35 @@ class VM:
                 out.append(ev["event"])
         return out
 
-    async def iter_events(
+    def iter_events(
         self,
         names: str | Iterable[str] | None = None,
         *,
         timeout: float | None = None,
         since_start: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Events as they arrive (``since_start``: from the first one), optionally only those
-        named. Ends with ``MigrationTimeoutError`` if none comes for ``timeout`` seconds and
-        with ``VMExitedError`` when the process exits and no event is left."""
+        """Events as they arrive, from this call on (``since_start``: from the first one),
+        optionally only those named. Raises ``MigrationTimeoutError`` if none comes for
+        ``timeout`` seconds and ``VMExitedError`` once the process exited and none is left."""
         wanted = {names} if isinstance(names, str) else set(names) if names else None
         index = 0 if since_start else len(self.events)
-        limit = self.timeout if timeout is None else timeout
+        return self._events_from(index, wanted, self.timeout if timeout is None else timeout)
+
+    async def _events_from(
+        self, index: int, wanted: set[str] | None, limit: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        end = time.monotonic() + limit
         while True:
             while index < len(self.events):
                 ev = self.events[index]
                 index += 1
                 if wanted is None or ev["event"] in wanted:
                     yield ev
-            self._new_event.clear()
-            end = time.monotonic() + limit
+                    end = time.monotonic() + limit
             while index >= len(self.events):
+                self._new_event.clear()
+                if index < len(self.events):
+                    break
                 self._check_alive("while waiting for an event")
                 left = end - time.monotonic()
                 if left <= 0:
@@ -509,7 +516,6 @@ class VM:
                     await asyncio.wait_for(self._new_event.wait(), min(left, 0.1))
                 except TimeoutError:
                     pass
-                self._new_event.clear()
 
     async def wait_event(
         self, name: str, timeout: float | None = None, *, since_start: bool = True
