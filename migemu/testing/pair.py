@@ -14,11 +14,12 @@ from __future__ import annotations
 import filecmp
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from migemu.testing.errors import UnsupportedByQEMU, VMStateError
+from migemu.testing.errors import MigrationTimeoutError, UnsupportedByQEMU, VMStateError
 from migemu.testing.vm import (
     DEFAULT_TIMEOUT_S,
     TERMINAL_STATUSES,
@@ -231,14 +232,28 @@ class MigrationPair:
         vm: VM | None = None,
     ) -> dict[str, Any]:
         """Poll the source's ``query-migrate`` (or ``vm``'s) until its status is ``status``
-        (or one of them); the answer. ``failed`` (unless asked for) raises
+        (or one of them); the source's answer. ``failed`` (unless asked for) raises
         ``MigrationFailedError`` with its error-desc; another final status not asked for
-        raises ``MigrationStatusError``; the deadline raises ``MigrationTimeoutError``."""
+        raises ``MigrationStatusError``; the deadline raises ``MigrationTimeoutError``.
+
+        When the source reaches ``completed`` this also waits (within the same deadline) for
+        the destination to have loaded everything (its status ``completed``): the source
+        completes once it has sent the last bytes, a moment before the destination applied
+        them, and a test that then reads the destination expects them there."""
         wanted = (status,) if isinstance(status, str) else tuple(status)
+        limit = self.timeout if timeout is None else timeout
+        end = time.monotonic() + limit
         target = vm or self.source
-        return await target.wait_status(
-            wanted, self.timeout if timeout is None else timeout, fail_on=TERMINAL_STATUSES
-        )
+        info = await target.wait_status(wanted, limit, fail_on=TERMINAL_STATUSES)
+        if vm is None and info.get("status") == "completed":
+            left = max(end - time.monotonic(), 0.0)
+            try:
+                await self.destination.wait_status("completed", left, fail_on=TERMINAL_STATUSES)
+            except MigrationTimeoutError as err:
+                raise MigrationTimeoutError(
+                    f"the source completed but the {err}", err.info
+                ) from None
+        return info
 
     async def query_migrate(self) -> dict[str, Any]:
         return await self.source.query_migrate()
