@@ -210,7 +210,7 @@ class MigrationPair:
         await self.set_parameters(params, on=both)
         if uri is None:
             if self.transport == "unix":
-                listen = f"unix:{self.workdir / f'{self.destination.name}.migrate'}"
+                listen = f"unix:{self.workdir / f'mig{self._generation - 1}.sock'}"
             else:
                 listen = "tcp:127.0.0.1:0"
             await self.destination.cmd("migrate-incoming", {"uri": listen})

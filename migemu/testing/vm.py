@@ -41,6 +41,7 @@ BACKENDS = ("migemu", "qemu")
 DEFAULT_TIMEOUT_S = 60.0
 POLL_S = 0.01
 QEMU_BINARY = "qemu-system-x86_64"
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -207,6 +208,7 @@ class VM:
         self._new_event = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        self._started = False
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -269,15 +271,31 @@ class VM:
         self._own_workdir = False
 
     async def start(self) -> VM:
-        """Start the process and connect ``qmp`` (negotiated). Once only."""
+        """Start the process and connect ``qmp`` (negotiated). Once only; on failure every
+        file made so far is removed and the process (if any) ended."""
         if self._closed:
             raise VMStateError(f"{self.name}: closed; a VM cannot be started again")
-        if self.proc is not None:
-            raise VMStateError(f"{self.name}: already started (pid {self.proc.pid})")
+        if self._started:
+            pid = f" (pid {self.proc.pid})" if self.proc is not None else ""
+            raise VMStateError(f"{self.name}: already started{pid}")
+        self._started = True
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"migemu-{self.name}-"))
         else:
             self._workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._launch()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _launch(self) -> None:
+        if len(os.fsencode(self.sock)) > UNIX_PATH_MAX:
+            raise VMStartError(
+                f"{self.name}: socket path {self.sock} is longer than a unix socket allows"
+                f" ({UNIX_PATH_MAX} bytes): give a shorter workdir or TMPDIR"
+            )
         if self.image is not None and self._ram_given is None:
             from migemu.emulator.guest.image import write_image
 
@@ -288,9 +306,11 @@ class VM:
                 self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             except OSError as err:
                 raise VMStartError(f"{self.name}: cannot run {argv[0]}: {err}") from err
-        await self._connect()
+        try:
+            await connect_when_ready(self.qmp, self.sock, self.proc, self.log, self.timeout)
+        except VMStartError as err:
+            raise VMStartError(f"{self.name}: {err}") from err
         self._listener = asyncio.create_task(self._listen(), name=f"{self.name}-events")
-        return self
 
     @classmethod
     def adopt(
@@ -308,19 +328,12 @@ class VM:
         libqtest-style harness; ``close()`` ends it like any other."""
         vm = cls(name, backend=backend, workdir=workdir or sock.parent)
         vm.proc = proc
+        vm._started = True
         vm.qmp = qmp  # type: ignore[assignment]
         vm._ram_given = ram
         vm._sock_given = sock
         vm._listener = asyncio.create_task(vm._listen(), name=f"{name}-events")
         return vm
-
-    async def _connect(self) -> None:
-        proc = self._process()
-        try:
-            await connect_when_ready(self.qmp, self.sock, proc, self.log, self.timeout)
-        except VMStartError as err:
-            await self.close()
-            raise VMStartError(f"{self.name}: {err}") from err
 
     async def _listen(self) -> None:
         async for event in self.qmp.events:

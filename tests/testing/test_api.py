@@ -243,3 +243,12 @@ async def test_same_migration_on_both_backends(migemu_pair, migemu_backend, mige
     assert names == ["MIGRATION:setup", "MIGRATION:active", "STOP", "MIGRATION:completed"]
     status = await migemu_pair.destination.qmp.execute("query-status")
     assert status == {"status": "running", "singlestep": False, "running": True}
+
+
+async def test_a_socket_path_too_long_is_a_clear_error(tmp_path):
+    vm = VM("x", memory="32M", workdir=tmp_path / ("d" * 100))
+    with pytest.raises(VMStartError, match="longer than a unix socket allows"):
+        await vm.start()
+    assert vm.proc is None
+    with pytest.raises(VMStateError, match="closed"):
+        await vm.start()
