@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import ConnectError, QMPClient
+from qemu.qmp import ConnectError, ExecuteError, QMPClient
 
 from migemu.testing.errors import (
     MigrationFailedError,
@@ -401,18 +401,32 @@ class VM:
 
     # -- QMP -----------------------------------------------------------------------------
 
-    async def cmd(self, name: str, args: dict[str, Any] | None = None) -> Any:
-        """``qmp.execute`` with a clear error when the process has gone."""
+    async def cmd(
+        self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """``qmp.execute`` with a deadline (the VM's ``timeout``) and a clear error when the
+        process has gone (``VMExitedError``, with its exit status and output). An error reply
+        is ``qemu.qmp.ExecuteError``, as from ``qmp.execute``."""
         self._process()
+        limit = self.timeout if timeout is None else timeout
         try:
-            return await self.qmp.execute(name, args)
-        except (ConnectionError, EOFError, OSError) as err:
-            self._check_alive(f"during {name}")
-            raise VMExitedError(f"{self.name}: QMP connection lost during {name}", None) from err
-        except Exception:
-            if self.proc is not None and self.proc.poll() is not None:
-                self._check_alive(f"during {name}")
+            return await asyncio.wait_for(self.qmp.execute(name, args), limit)
+        except (ExecuteError, UnsupportedByQEMU):
             raise
+        except TimeoutError:
+            self._check_alive(f"during {name}")
+            raise MigrationTimeoutError(
+                f"{self.name}: no reply to {name} after {limit:g} s"
+            ) from None
+        except Exception as err:
+            # the connection went away: say so with the exit status once the process is gone
+            end = time.monotonic() + 2.0
+            while self.proc is not None and self.proc.poll() is None and time.monotonic() < end:
+                await asyncio.sleep(POLL_S)
+            self._check_alive(f"during {name}")
+            raise VMExitedError(
+                f"{self.name}: QMP connection lost during {name}: {err}", None
+            ) from err
 
     async def query_migrate(self) -> dict[str, Any]:
         info = await self.cmd("query-migrate")

@@ -252,3 +252,24 @@ async def test_a_socket_path_too_long_is_a_clear_error(tmp_path):
     assert vm.proc is None
     with pytest.raises(VMStateError, match="closed"):
         await vm.start()
+
+
+async def test_a_command_without_reply_times_out(migemu_vm):
+    import signal
+
+    vm = await migemu_vm(memory="32M")
+    os.kill(vm.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(
+            MigrationTimeoutError, match="vm0: no reply to query-status after 0.3 s"
+        ):
+            await vm.cmd("query-status", timeout=0.3)
+    finally:
+        os.kill(vm.pid, signal.SIGCONT)
+
+
+async def test_a_vm_killed_during_a_command_is_reported(migemu_vm):
+    vm = await migemu_vm(memory="32M")
+    vm.proc.kill()
+    with pytest.raises(VMExitedError, match="exited with status -9"):
+        await vm.cmd("query-status")
