@@ -26,7 +26,7 @@ from migemu.testing.vm import BACKENDS, QEMU_BINARY, VM
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - exercised only without pytest-asyncio
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 VMFactory = Callable[..., Awaitable[VM]]
 NEEDS_ASYNCIO = (

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ class QMP(QMPClient):
         self.backend = backend
 
     async def execute(
-        self, cmd: str, arguments: dict[str, object] | None = None, oob: bool = False
+        self, cmd: str, arguments: Mapping[str, object] | None = None, oob: bool = False
     ) -> object:
         if self.backend == "qemu" and cmd.startswith("x-migemu-"):
             raise UnsupportedByQEMU(f"{cmd} is a migemu-only command")
@@ -337,7 +337,7 @@ class VM:
 
     async def _listen(self) -> None:
         async for event in self.qmp.events:
-            self.events.append(event)
+            self.events.append(dict(event))
             self._new_event.set()
 
     def _process(self) -> subprocess.Popen[bytes]:
