@@ -39,6 +39,16 @@ METHODS = ("none", "zlib", "zstd")
 DESTINATION_FAULTS = ("dst-exit",)
 
 
+def _capabilities(
+    capabilities: Mapping[str, bool] | Iterable[Mapping[str, Any]] | None,
+) -> dict[str, bool]:
+    if capabilities is None:
+        return {}
+    if isinstance(capabilities, Mapping):
+        return dict(capabilities)
+    return {c["capability"]: c["state"] for c in capabilities}
+
+
 def fault_side(spec: str) -> str:
     return "destination" if spec.split(",")[0].strip() in DESTINATION_FAULTS else "source"
 
@@ -159,6 +169,16 @@ class MigrationPair:
         await self.close()
 
     @property
+    def src(self) -> VM:
+        """``source``, by its short name."""
+        return self.source
+
+    @property
+    def dst(self) -> VM:
+        """``destination``, by its short name."""
+        return self.destination
+
+    @property
     def vms(self) -> list[VM]:
         return [self.source, *self._old_destinations, self.destination]
 
@@ -178,7 +198,7 @@ class MigrationPair:
     # -- the migration -------------------------------------------------------------------
 
     async def set_capabilities(self, capabilities: Mapping[str, bool], *, on: Iterable[VM]) -> None:
-        caps = [{"capability": k, "state": bool(v)} for k, v in capabilities.items()]
+        caps = [{"capability": k, "state": v} for k, v in capabilities.items()]
         if caps:
             for vm in on:
                 await vm.cmd("migrate-set-capabilities", {"capabilities": caps})
@@ -190,16 +210,17 @@ class MigrationPair:
 
     async def migrate(
         self,
-        capabilities: Mapping[str, bool] | None = None,
+        capabilities: Mapping[str, bool] | Iterable[Mapping[str, Any]] | None = None,
         parameters: Mapping[str, Any] | None = None,
         *,
         uri: str | None = None,
     ) -> str:
-        """Set ``capabilities`` and ``parameters`` on both sides, start the destination's
+        """Set ``capabilities`` (``{"multifd": True}``, or QMP's list of ``{"capability":
+        ..., "state": ...}``) and ``parameters`` on both sides, start the destination's
         incoming side and the source's migration; return the URI at once (do not wait)."""
         if not self._started or self._closed:
             raise VMStateError("migration pair: start() it first")
-        caps = dict(capabilities or {})
+        caps = _capabilities(capabilities)
         params = dict(parameters or {})
         if self.method is not None:
             caps.setdefault("multifd", True)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import ConnectError, ExecuteError, QMPClient
+from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient
 
 from migemu.testing.errors import (
     MigrationFailedError,
@@ -154,6 +154,19 @@ class QMP(QMPClient):
         return await super().execute(cmd, arguments, oob)
 
 
+class EventLog(list[dict[str, Any]]):
+    """Every QMP event a VM sent, in order (a list), that is also an async iterator:
+    ``async for ev in vm.events`` yields them from the first one and then as they arrive
+    (``vm.iter_events(...)`` filters by name and starts from now)."""
+
+    def __init__(self, vm: VM) -> None:
+        super().__init__()
+        self._vm = vm
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._vm.iter_events(since_start=True)
+
+
 class VM:
     """A migemu (or QEMU) process with a QMP monitor on a unix socket.
 
@@ -182,7 +195,14 @@ class VM:
         binary: Sequence[str] | None = None,
         workdir: Path | str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        workload: str | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        if workload is not None:  # the same option under the name the issue uses
+            if guest is not None:
+                raise ValueError("give guest= or workload=, not both")
+            guest = workload
+        args = [*args, *extra_args]
         self.name = name
         self.profile = check_profile(profile)
         self.backend = check_backend(backend)
@@ -204,7 +224,7 @@ class VM:
         self._sock_given: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: QMP = QMP(name, self.backend)
-        self.events: list[dict[str, Any]] = []
+        self.events = EventLog(self)
         self._new_event = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
@@ -336,9 +356,15 @@ class VM:
         return vm
 
     async def _listen(self) -> None:
-        async for event in self.qmp.events:
-            self.events.append(dict(event))
-            self._new_event.set()
+        # A listener of our own: ``qmp.events`` stays the user's, as in plain qemu.qmp.
+        listener = EventListener()
+        self.qmp.register_listener(listener)
+        try:
+            async for event in listener:
+                self.events.append(dict(event))
+                self._new_event.set()
+        finally:
+            self.qmp.remove_listener(listener)
 
     def _process(self) -> subprocess.Popen[bytes]:
         if self._closed:

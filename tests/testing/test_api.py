@@ -4,6 +4,7 @@ migemu shows (status sequence, events, RAM)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -273,3 +274,32 @@ async def test_a_vm_killed_during_a_command_is_reported(migemu_vm):
     vm.proc.kill()
     with pytest.raises(VMExitedError, match="exited with status -9"):
         await vm.cmd("query-status")
+
+
+async def test_events_log_is_async_iterable_and_qmp_events_stay_the_users(migemu_pair):
+    from_qmp = []
+
+    async def read_qmp_events():
+        async for ev in migemu_pair.source.qmp.events:  # plain qemu.qmp use
+            from_qmp.append(ev["event"])
+            if ev["event"] == "MIGRATION" and ev["data"]["status"] == "completed":
+                return
+
+    reader = asyncio.create_task(read_qmp_events())
+    caps = [{"capability": "events", "state": True}]  # QMP's own list form is accepted too
+    await migemu_pair.migrate(caps)
+    await migemu_pair.wait_for_status("completed")
+    await asyncio.wait_for(reader, 30)
+    async for ev in migemu_pair.source.events:  # the log: from the first event on
+        if ev["event"] == "MIGRATION" and ev["data"]["status"] == "completed":
+            break
+    assert [e["event"] for e in migemu_pair.source.events] == from_qmp
+    assert migemu_pair.src is migemu_pair.source and migemu_pair.dst is migemu_pair.destination
+
+
+async def test_workload_and_extra_args_aliases(migemu_vm):
+    vm = await migemu_vm(memory="32M", workload="dirty,rate=100", extra_args=["-name", "alias"])
+    assert vm.guest == "dirty,rate=100"
+    assert (await vm.cmd("query-name")) == {"name": "alias"}
+    with pytest.raises(ValueError, match="not both"):
+        VM(guest="idle", workload="idle")
