@@ -16,11 +16,13 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from migemu.emulator.migration import faults
 from migemu.emulator.migration.link import ErrorLatch, ExecSource, Link, Listener
+from migemu.emulator.migration.postcopy_incoming import IncomingPostcopy
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
@@ -31,6 +33,8 @@ from migemu.multifd.init import INIT_ERROR_PREFIX, MultiFDInit, check_init
 from migemu.multifd.mainstream import MainStreamDecoder
 from migemu.multifd.mainstream.records import (
     QEMU_SECTIONS,
+    VMEOF,
+    Command,
     GlobalState,
     RamEOS,
     RamPage,
@@ -41,6 +45,9 @@ from migemu.multifd.mainstream.records import (
 )
 from migemu.multifd.receiver import ChannelDecoder, ReceivedPacket
 from migemu.multifd.sync import RecvSync
+
+if TYPE_CHECKING:
+    from migemu.emulator.guest.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ class IncomingContext:
     # Extra sections this side loads (e.g. the guest vCPU state), after QEMU's own.
     sections: list[SectionSpec] = field(default_factory=list)
     on_section: Callable[[SectionData], None] | None = None
+    # The guest's vCPU, which waits for missing pages in postcopy (None: no guest).
+    workload: Callable[[], Workload | None] | None = None
 
 
 class _Barrier:
@@ -213,6 +222,7 @@ class IncomingMigration:
         self.source_runstate: str | None = None
         self.error: str | None = None
         self.cancelled = False  # the machine is shutting down: not a migration failure
+        self.postcopy = IncomingPostcopy(self)  # return path and postcopy state
         self.thread = threading.Thread(target=self._run, name="migration_incoming", daemon=True)
 
     def start(self) -> None:
@@ -327,10 +337,14 @@ class IncomingMigration:
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         zeros = _ZeroBatch(self.ctx.ram)
+        postcopy = self.postcopy
         while True:
             n = self.main.recv_into(view)
             records = decoder.feed(view[:n]) if n else decoder.feed_eof()
             for record in records:
+                if postcopy.listening and isinstance(record, (RamPage, RamZero)):
+                    postcopy.place(record)
+                    continue
                 if isinstance(record, RamZero) and record.fill == 0:
                     zeros.add(record)
                     continue
@@ -363,11 +377,18 @@ class IncomingMigration:
         elif isinstance(record, SectionData):
             if self.ctx.on_section is not None:
                 self.ctx.on_section(record)
+        elif isinstance(record, Command):
+            self.postcopy.command(record)
+        elif isinstance(record, VMEOF):
+            return self.postcopy.listening  # postcopy: no VM description follows
         elif isinstance(record, VMDescription):
             return True
         return False
 
     def _finish_ok(self) -> None:
+        if self.postcopy.listening:
+            self.postcopy.finish_ok()
+            return
         vm = self.ctx.vm
         runstate = self.source_runstate
         if runstate is None or runstate == RunState.RUNNING.value:
@@ -378,6 +399,7 @@ class IncomingMigration:
         else:
             vm.set_state(RunState(runstate))
         self.sm.handle(MigrationEvent.COMPLETE)
+        self.postcopy.finish_ok()  # SHUT(0) on the return path, if there is one
 
     def _finish_failed(self) -> None:
         err = self.latch.error

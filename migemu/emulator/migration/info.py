@@ -72,6 +72,8 @@ _SOURCE_WITH_PROGRESS = frozenset(
     }
 )
 
+_IN_POSTCOPY = frozenset({S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER})
+
 del S
 
 
@@ -123,6 +125,7 @@ def build_query_migrate(
     socket_address: Sequence[Mapping[str, Any]] | None = None,
     blocked_reasons: Sequence[str] = (),
     cpu_throttle_percentage: int | None = None,
+    postcopy_blocktime: tuple[int, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """``query-migrate``'s return value.
 
@@ -142,6 +145,10 @@ def build_query_migrate(
         info["socket-address"] = [dict(address) for address in socket_address]
     if destination_status is not MigrationStatus.NONE:
         info["status"] = destination_status.value
+    if destination_status is MigrationStatus.COMPLETED and postcopy_blocktime is not None:
+        # fill_destination_postcopy_migration_info(): only once completed
+        info["postcopy-blocktime"] = postcopy_blocktime[0]
+        info["postcopy-vcpu-blocktime"] = list(postcopy_blocktime[1])
     # fill_source_migration_info()
     if blocked_reasons:
         info["blocked-reasons"] = list(blocked_reasons)
@@ -156,7 +163,10 @@ def build_query_migrate(
             info["downtime"] = snapshot.downtime
         else:
             info["total-time"] = snapshot.elapsed_time
-            info["expected-downtime"] = snapshot.expected_downtime
+            if status in _IN_POSTCOPY:  # populate_time_info: migration_in_postcopy()
+                info["downtime"] = snapshot.downtime
+            else:
+                info["expected-downtime"] = snapshot.expected_downtime
         info["ram"] = ram_stats(snapshot, status)
         if cpu_throttle_percentage is not None:
             info["cpu-throttle-percentage"] = cpu_throttle_percentage
@@ -171,6 +181,7 @@ def query_migrate(
     destination: MigrationStateMachine | None = None,
     socket_address: Sequence[Mapping[str, Any]] | None = None,
     blocked_reasons: Sequence[str] = (),
+    postcopy_blocktime: tuple[int, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """``build_query_migrate`` over the live objects, read once each."""
     return build_query_migrate(
@@ -182,4 +193,5 @@ def query_migrate(
         ),
         socket_address=socket_address,
         blocked_reasons=blocked_reasons,
+        postcopy_blocktime=postcopy_blocktime,
     )

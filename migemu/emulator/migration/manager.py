@@ -125,6 +125,23 @@ class MigrationManager:
         if self.outgoing is not None:
             self.outgoing.resume_switchover()
 
+    def start_postcopy(self, args: dict[str, Any] | None = None) -> None:
+        """migrate-start-postcopy (qmp_migrate_start_postcopy): a flag the migration thread
+        reads; no error once the migration has ended (that would be racy, says QEMU)."""
+        settings = self.machine.migration
+        if not (settings.capability("postcopy-ram") or settings.capability("dirty-bitmaps")):
+            raise QMPError(
+                "Enable postcopy with migrate_set_capability before the start of migration"
+            )
+        if self.source.status is MigrationStatus.NONE:
+            raise QMPError("Postcopy must be started after migration has been started")
+        if self.outgoing is not None:
+            self.outgoing.postcopy.start_requested.set()
+
+    def recover(self, args: dict[str, Any]) -> None:
+        """migrate-recover (destination)."""
+        raise QMPError("Migrate recover can only be run when postcopy is paused.")
+
     def pause(self, args: dict[str, Any] | None = None) -> None:
         """migrate-pause: postcopy only, and migemu has no postcopy."""
         raise QMPError("migrate-pause is currently only supported during postcopy-active state")
@@ -166,6 +183,7 @@ class MigrationManager:
             uuid=machine.uuid_bytes,
             sections=machine.incoming_sections(),
             on_section=machine.load_section,
+            workload=lambda: machine.workload,
         )
         self.incoming_address = address
         self.incoming = IncomingMigration(ctx, listener, self.destination, self._incoming_done)
@@ -189,7 +207,14 @@ class MigrationManager:
         sockets = None
         if incoming is not None and self.destination.status is not MigrationStatus.COMPLETED:
             sockets = incoming.socket_address()
-        return query_migrate(self.source, self.stats, self.destination, sockets)
+        blocktime = None
+        if incoming is not None and self.machine.migration.capability("postcopy-blocktime"):
+            ms = incoming.postcopy.blocktime_ms()
+            if ms is not None:  # QEMU's blocktime context exists once postcopy was advised
+                blocktime = (ms, [ms])  # one emulated vCPU
+        return query_migrate(
+            self.source, self.stats, self.destination, sockets, postcopy_blocktime=blocktime
+        )
 
     def shutdown(self, join_timeout_s: float = 10.0) -> None:
         """The machine is going away: end every migration thread's IO and wait for the

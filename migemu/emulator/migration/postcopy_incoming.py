@@ -1,0 +1,224 @@
+"""The destination side of the return path and of postcopy, as QEMU 7.2 loads it
+(emulator layer).
+
+``IncomingPostcopy`` handles the COMMAND records of the main stream for one
+``IncomingMigration``: OPEN_RETURN_PATH (answers go back on the main connection, one
+writer at a time), PING (a PONG), POSTCOPY_ADVISE (capability and page-size checks),
+POSTCOPY_RAM_DISCARD (the pages become missing in a ``PagePresence``), POSTCOPY_LISTEN
+(state postcopy-active; the guest now waits for missing pages and asks for them with
+REQ_PAGES), POSTCOPY_RUN (the guest starts: RESUME). In postcopy a RAM record fills a page
+only while it is missing, and EOF ends the migration: every page is there, SHUT(0) goes
+back, state completed. The postcopy states follow ``loadvm_postcopy_*`` in savevm.c.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from typing import TYPE_CHECKING
+
+from migemu.emulator.guest.presence import PagePresence
+from migemu.emulator.migration.link import Link
+from migemu.emulator.migration.state import MigrationEvent, MigrationStatus
+from migemu.emulator.ram import PAGE_SIZE
+from migemu.emulator.runstate import RunState
+from migemu.multifd.errors import ProtocolError
+from migemu.multifd.mainstream import postcopy as wire
+from migemu.multifd.mainstream.records import Command, RamPage, RamZero
+from migemu.multifd.mainstream.returnpath import (
+    encode_rp_pong,
+    encode_rp_req_pages,
+    encode_rp_shut,
+)
+
+if TYPE_CHECKING:
+    from migemu.emulator.migration.incoming import IncomingMigration
+
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+class PostcopyState(enum.IntEnum):
+    """QEMU's PostcopyState (the destination's postcopy progress), in its order."""
+
+    NONE = 0
+    ADVISE = 1
+    DISCARD = 2
+    LISTENING = 3
+    RUNNING = 4
+    END = 5
+
+
+class ReturnPath:
+    """The destination's writer on the main connection: one message at a time."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._lock = threading.Lock()
+        self._last_block: str | None = None
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            self.link.send(data)
+
+    def request_page(self, block: str, page: int) -> None:
+        """migrate_send_rp_message_req_pages: REQ_PAGES_ID when the block changes."""
+        with self._lock:
+            named = block if block != self._last_block else None
+            self._last_block = block
+            self.link.send(encode_rp_req_pages(page * PAGE_SIZE, PAGE_SIZE, named))
+
+
+class IncomingPostcopy:
+    """Return path and postcopy state of one incoming migration."""
+
+    def __init__(self, mig: IncomingMigration) -> None:
+        self.mig = mig
+        self.rp: ReturnPath | None = None
+        self.state = PostcopyState.NONE
+        self.presence: PagePresence | None = None
+
+    @property
+    def listening(self) -> bool:
+        """RAM records are loaded the postcopy way (postcopy_is_running)."""
+        return self.state >= PostcopyState.LISTENING
+
+    # -- commands ------------------------------------------------------------------------
+
+    def command(self, record: Command) -> None:
+        """loadvm_process_command for everything but PACKAGED (the decoder inlines it)."""
+        cmd = record.cmd
+        if cmd == wire.CMD_OPEN_RETURN_PATH:
+            if self.rp is not None:
+                raise ProtocolError("CMD_OPEN_RETURN_PATH called when RP already open")
+            assert self.mig.main is not None
+            self.rp = ReturnPath(self.mig.main)
+        elif cmd == wire.CMD_PING:
+            value = int.from_bytes(record.data, "big")
+            if self.rp is None:
+                raise ProtocolError(f"CMD_PING (0x{value:x}) received with no return path")
+            self.rp.send(encode_rp_pong(value))
+        elif cmd == wire.CMD_POSTCOPY_ADVISE:
+            self._advise(record.data)
+        elif cmd == wire.CMD_POSTCOPY_RAM_DISCARD:
+            self._discard(record.data)
+        elif cmd == wire.CMD_POSTCOPY_LISTEN:
+            self._listen()
+        elif cmd == wire.CMD_POSTCOPY_RUN:
+            self._run()
+        elif cmd == wire.CMD_PACKAGED:
+            pass
+        elif cmd == wire.CMD_ENABLE_COLO:
+            raise ProtocolError("migemu does not do COLO")
+        else:
+            raise ProtocolError(f"migemu cannot handle MIG_CMD {cmd} yet")
+
+    def _settings_postcopy_ram(self) -> bool:
+        return bool(self.mig.ctx.settings.capability("postcopy-ram"))
+
+    def _advise(self, data: bytes) -> None:
+        if self.state is not PostcopyState.NONE:
+            raise ProtocolError(f"CMD_POSTCOPY_ADVISE in wrong postcopy state ({self.state})")
+        self.state = PostcopyState.ADVISE
+        advise = wire.decode_postcopy_advise(data, postcopy_ram=self._settings_postcopy_ram())
+        wire.check_postcopy_advise(advise, PAGE_SIZE, PAGE_SIZE)
+        if advise.page_size_summary is not None:
+            self._prepare_discard()  # ram_postcopy_incoming_init (and the blocktime context)
+
+    def _prepare_discard(self) -> PagePresence:
+        if self.presence is None:
+            self.presence = PagePresence(self.mig.ctx.ram.blocks)
+        return self.presence
+
+    def _discard(self, data: bytes) -> None:
+        if self.state is PostcopyState.ADVISE:
+            self._prepare_discard()
+            self.state = PostcopyState.DISCARD
+        elif self.state is not PostcopyState.DISCARD:
+            raise ProtocolError(
+                f"CMD_POSTCOPY_RAM_DISCARD in wrong postcopy state ({int(self.state)})"
+            )
+        discard = wire.decode_ram_discard(data)
+        presence = self._prepare_discard()
+        block = self.mig.ctx.ram.block(discard.block)
+        if block is None:
+            raise ProtocolError(f"ram_discard_range: Failed to find block '{discard.block}'")
+        for start, length in discard.ranges:
+            if start % PAGE_SIZE or length % PAGE_SIZE or start + length > block.size:
+                raise ProtocolError(
+                    f"ram_block_discard_range: Unaligned start address: 0x{start:x}"
+                    if start % PAGE_SIZE
+                    else f"ram_block_discard_range: Overrun block '{discard.block}' "
+                    f"(0x{start:x}/0x{length:x}/0x{block.size:x})"
+                )
+            presence.discard(discard.block, start // PAGE_SIZE, length // PAGE_SIZE)
+
+    def _listen(self) -> None:
+        if self.state not in (PostcopyState.ADVISE, PostcopyState.DISCARD):
+            raise ProtocolError(f"CMD_POSTCOPY_LISTEN in wrong postcopy state ({int(self.state)})")
+        self.state = PostcopyState.LISTENING
+        presence = self._prepare_discard()
+        if self.rp is not None:
+            presence.requester = self.rp.request_page
+        workload = self.mig.ctx.workload() if self.mig.ctx.workload is not None else None
+        if workload is not None:
+            workload.set_presence(presence)
+        self.mig.sm.handle(MigrationEvent.POSTCOPY_START)
+
+    def _run(self) -> None:
+        if self.state is not PostcopyState.LISTENING:
+            raise ProtocolError(f"CMD_POSTCOPY_RUN in wrong postcopy state ({int(self.state)})")
+        self.state = PostcopyState.RUNNING
+        vm = self.mig.ctx.vm
+        if vm.autostart:
+            vm.start()
+        else:
+            vm.set_state(RunState.PAUSED)
+
+    # -- RAM in postcopy -----------------------------------------------------------------
+
+    def place(self, record: RamPage | RamZero) -> None:
+        """ram_load_postcopy: a page is written only while it is missing."""
+        presence = self.presence
+        assert presence is not None
+        page = record.offset // PAGE_SIZE
+        if not presence.claim(record.block, page):
+            return
+        block = self.mig.ctx.ram.block(record.block)
+        assert block is not None  # the decoder checked the name
+        if isinstance(record, RamPage):
+            block.mem[record.offset : record.offset + PAGE_SIZE] = record.data
+        else:
+            block.mem[record.offset : record.offset + PAGE_SIZE] = (
+                ZERO_PAGE if record.fill == 0 else bytes([record.fill]) * PAGE_SIZE
+            )
+        presence.place(record.block, page)
+
+    # -- the end -------------------------------------------------------------------------
+
+    def finish_ok(self) -> bool:
+        """The stream ended well. Returns True when postcopy handled the completion."""
+        if not self.listening:
+            if self.rp is not None:
+                self.rp.send(encode_rp_shut(0))
+            return False
+        self.state = PostcopyState.END
+        self._detach()
+        self.mig.sm.compare_and_set(MigrationStatus.POSTCOPY_ACTIVE, MigrationEvent.COMPLETE)
+        if self.rp is not None:
+            self.rp.send(encode_rp_shut(0))
+        return True
+
+    def _detach(self) -> None:
+        presence = self.presence
+        if presence is None:
+            return
+        presence.fill_all()
+        workload = self.mig.ctx.workload() if self.mig.ctx.workload is not None else None
+        if workload is not None and workload.presence is presence:
+            workload.set_presence(None)
+
+    def blocktime_ms(self) -> int | None:
+        """postcopy-blocktime: ms the guest waited for pages; None before postcopy."""
+        if self.presence is None:
+            return None
+        return min(self.presence.blocked_ns // 1_000_000, 0xFFFFFFFF)

@@ -1,0 +1,370 @@
+"""The source side of postcopy, as QEMU 7.2's migration thread does it (emulator layer).
+
+``OutgoingPostcopy`` is attached to one ``OutgoingMigration``. With ``return-path`` or
+``postcopy-ram`` it opens the return path after the file header (OPEN_RETURN_PATH, PING 1,
+and POSTCOPY_ADVISE for postcopy-ram) and reads it in its own thread ("return path": PONG,
+SHUT, page requests). Once ``migrate-start-postcopy`` was asked for, the migration thread's
+next iteration calls ``run()``: postcopy_start() (state postcopy-active, STOP, a last dirty
+sync, the discard commands for every page still to send, PING 2, the PACKAGED device state
+with LISTEN ... RUN, PING 4), then the postcopy stream: pages the destination asked for go
+first, the background scan follows on from the last requested page (as QEMU's
+``last_seen_block``/``last_page`` do), sections of at most 50 ms, ``max-postcopy-bandwidth``
+per 100 ms window (requested pages are never held back by it). When every page is sent: an
+END section, EOF, and completion once the destination's SHUT arrived.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from migemu.emulator.guest.dirty import mask_runs
+from migemu.emulator.guest.zero import split_zero_runs
+from migemu.emulator.migration.state import MigrationEvent, MigrationStatus
+from migemu.emulator.ram import PAGE_SIZE
+from migemu.emulator.runstate import RunState
+from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken, ProtocolError
+from migemu.multifd.mainstream import postcopy as wire
+from migemu.multifd.mainstream.returnpath import (
+    RP_PONG,
+    RP_REQ_PAGES,
+    RP_REQ_PAGES_ID,
+    RP_RESUME_ACK,
+    RP_SHUT,
+    ReturnPathDecoder,
+)
+
+if TYPE_CHECKING:
+    from migemu.emulator.migration.outgoing import OutgoingMigration
+
+log = logging.getLogger(__name__)
+
+BUFFER_DELAY_S = 0.1
+MAX_ITERATE_S = 0.05
+XFER_LIMIT_RATIO = 10  # 1000 / BUFFER_DELAY: max-postcopy-bandwidth per 100 ms window
+BACKGROUND_CHUNK_PAGES = 64
+RP_READ = 64 * 1024
+SHUT_TIMEOUT_S = 30.0
+
+
+class OutgoingPostcopy:
+    """Return path and postcopy phase of one outgoing migration."""
+
+    def __init__(self, mig: OutgoingMigration) -> None:
+        self.mig = mig
+        caps = mig.caps
+        self.enabled = bool(caps.get("postcopy-ram"))
+        self.return_path = self.enabled or bool(caps.get("return-path"))
+        self.start_requested = threading.Event()
+        self.active = False
+        self._queue: collections.deque[tuple[str, int, int]] = collections.deque()
+        self._queue_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._shut = threading.Event()
+        self.shut_status: int | None = None
+        self._rp_block: str | None = None
+        self._rp_thread: threading.Thread | None = None
+        self._rp_done = False
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def after_header(self) -> None:
+        """migration_thread after qemu_savevm_state_header(): return path and ADVISE."""
+        if not self.return_path:
+            return
+        mig = self.mig
+        assert mig.writer is not None and mig.main is not None
+        mig.writer.other(wire.encode_open_return_path() + wire.encode_ping(1))
+        if self.enabled:
+            mig.writer.other(wire.encode_postcopy_advise(PAGE_SIZE, PAGE_SIZE))
+        self._rp_thread = threading.Thread(target=self._rp_run, name="return path", daemon=True)
+        self._rp_thread.start()
+
+    def wanted(self, pending: int, threshold: int) -> bool:
+        """migration_iteration_run: switch to postcopy when asked and not converging."""
+        return (
+            self.enabled and self.start_requested.is_set() and pending > 0 and pending >= threshold
+        )
+
+    # -- the return path -----------------------------------------------------------------
+
+    def _rp_run(self) -> None:
+        mig = self.mig
+        link = mig.main
+        assert link is not None
+        decoder = ReturnPathDecoder()
+        buf = bytearray(RP_READ)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = link.recv_into(view)
+                if n == 0:
+                    if not self._shut.is_set():
+                        raise PeerBroken("RP: return path closed before SHUT")
+                    return
+                for message in decoder.feed(view[:n]):
+                    self._on_rp(message.kind, message)
+        except MultiFDError as err:
+            if not self._shut.is_set() and not self._rp_done:
+                mig.latch.fail(err)
+        except Exception as err:
+            log.exception("return path failed")
+            mig.latch.fail(MultiFDError(f"migemu internal error: {err!r}"))
+        finally:
+            self._wake.set()
+
+    def _on_rp(self, kind: int, message: object) -> None:
+        from migemu.multifd.mainstream.returnpath import ReturnPathMessage
+
+        assert isinstance(message, ReturnPathMessage)
+        if kind == RP_SHUT:
+            self.shut_status = message.value
+            self._shut.set()
+        elif kind == RP_PONG:
+            pass
+        elif kind in (RP_REQ_PAGES, RP_REQ_PAGES_ID):
+            start, length, name = message.page_request()
+            if name is not None:
+                self._rp_block = name
+            block_name = self._rp_block
+            if block_name is None:
+                raise ProtocolError("RP: REQ_PAGES without a RAMBlock name")
+            block = self.mig.ctx.ram.block(block_name)
+            if block is None:
+                raise ProtocolError(f"MIG_RP_MSG_REQ_PAGES has no block '{block_name}'")
+            if start % PAGE_SIZE or start + length > block.size or length == 0:
+                raise ProtocolError(
+                    f"ram_save_queue_pages request overrun, start=0x{start:x} "
+                    f"len=0x{length:x} blen=0x{block.size:x}"
+                )
+            self.mig.stats.add_postcopy_request()
+            with self._queue_lock:
+                self._queue.append((block_name, start // PAGE_SIZE, -(-length // PAGE_SIZE)))
+            self._wake.set()
+        elif kind == RP_RESUME_ACK:
+            pass
+        else:
+            raise ProtocolError(f"RP: Received invalid message 0x{kind:04x}")
+
+    def await_shut(self) -> None:
+        """await_return_path_close_on_source: completion waits for the destination's SHUT;
+        EOF without it, or SHUT with an error, fails the migration."""
+        if not self.return_path:
+            return
+        mig = self.mig
+        deadline = time.monotonic() + SHUT_TIMEOUT_S
+        while not self._shut.wait(0.05):
+            mig.latch.check()
+            if time.monotonic() > deadline:
+                raise PeerBroken("RP: the destination never sent SHUT")
+        mig.latch.check()
+        if self.shut_status:
+            raise PeerBroken(f"RP: Sibling indicated error {self.shut_status}")
+        self._rp_done = True
+
+    def stop(self) -> None:
+        """Cleanup: the main link is closed by then; the reader ends."""
+        self._rp_done = True
+        thread = self._rp_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+
+    # -- postcopy ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """postcopy_start(), the postcopy iterations and migration_completion()."""
+        mig = self.mig
+        if not mig.sm.compare_and_set(MigrationStatus.ACTIVE, MigrationEvent.POSTCOPY_START):
+            mig.latch.check()
+            return
+        self.active = True
+        self._switchover()
+        self._stream()
+        self._complete()
+
+    def _switchover(self) -> None:
+        mig = self.mig
+        writer = mig.writer
+        assert writer is not None
+        vm = mig.ctx.vm
+        mig.vm_was_running = vm.running
+        runstate = vm.state.value
+        mig.stats.vm_stopped()
+        if vm.running:
+            vm.stop(RunState.FINISH_MIGRATE)
+            mig.stopped_vm = True
+        else:
+            vm.set_state(RunState.FINISH_MIGRATE)
+        if mig.pool is not None:
+            mig.pool.sync()  # multifd pages of precopy land before the discards
+        mig._bitmap_sync()
+        discards = []
+        for block in mig.ctx.ram.blocks:
+            ranges = [
+                (first * PAGE_SIZE, n * PAGE_SIZE)
+                for first, n in mask_runs(mig.pending[block.name])
+            ]
+            discards.append(wire.encode_ram_discard(block.name, ranges))
+            mig.cursor[block.name] = 0
+        mig.encoder.reset_block()
+        writer.other(b"".join(discards))
+        writer.other(wire.encode_ping(2))
+        enc = mig.encoder
+        package = [wire.encode_postcopy_listen(), enc.timer()]
+        package += [section.encode(enc) for section in mig.ctx.device_sections]
+        package += [enc.globalstate(runstate), wire.encode_ping(3), wire.encode_postcopy_run()]
+        writer.other(wire.encode_packaged(b"".join(package)))
+        writer.flush()
+        mig.stats.postcopy_started()
+        writer.other(wire.encode_ping(4))
+        writer.flush()
+
+    def _pending_pages(self) -> int:
+        return sum(int(np.count_nonzero(p)) for p in self.mig.pending.values())
+
+    def _budget(self) -> int | None:
+        bandwidth = self.mig.ctx.settings.get("max-postcopy-bandwidth")
+        return None if not bandwidth else max(1, bandwidth // XFER_LIMIT_RATIO)
+
+    def _stream(self) -> None:
+        mig = self.mig
+        writer = mig.writer
+        assert writer is not None
+        window_start = time.monotonic()
+        used = 0
+        while True:
+            mig.latch.check()
+            left = self._pending_pages()
+            mig.stats.set_remaining(left * PAGE_SIZE)
+            if left == 0:
+                return
+            writer.ram(mig.encoder.ram_part(), vm_running=False)
+            deadline = time.monotonic() + MAX_ITERATE_S
+            while time.monotonic() < deadline:
+                mig.latch.check()
+                sent = self._send_requested()
+                budget = self._budget()
+                if budget is not None and used >= budget:
+                    if not sent:
+                        break
+                    continue
+                n = self._send_background()
+                used += n
+                if n == 0 and not sent:
+                    break
+            self._close_section()
+            budget = self._budget()
+            now = time.monotonic()
+            if budget is not None and used >= budget:
+                end = window_start + BUFFER_DELAY_S
+                while now < end and not self._has_requests():
+                    self._wake.wait(end - now)
+                    self._wake.clear()
+                    mig.latch.check()
+                    now = time.monotonic()
+                if now >= end:
+                    window_start, used = now, 0
+            elif now >= window_start + BUFFER_DELAY_S:
+                window_start, used = now, 0
+
+    def _close_section(self) -> None:
+        mig = self.mig
+        assert mig.writer is not None
+        if mig.pool is not None:
+            mig.pool.sync()
+        mig.writer.ram(mig.encoder.ram_close(), vm_running=False)
+        mig.writer.flush()
+
+    def _has_requests(self) -> bool:
+        with self._queue_lock:
+            return bool(self._queue)
+
+    def _send_requested(self) -> int:
+        """get_queued_page(): requested pages still dirty, sent now; the scan goes on
+        after the last of them."""
+        sent = 0
+        while True:
+            with self._queue_lock:
+                if not self._queue:
+                    break
+                name, first, n = self._queue.popleft()
+            pending = self.mig.pending[name]
+            for page in range(first, min(first + n, len(pending))):
+                if pending[page]:
+                    sent += self._send_pages(name, page, 1)
+            self.mig.cursor[name] = min(first + n, len(pending))
+        if sent:
+            assert self.mig.writer is not None
+            self.mig.writer.flush()
+        return sent
+
+    def _send_background(self) -> int:
+        """Up to BACKGROUND_CHUNK_PAGES pending pages from the cursor on (wrapping)."""
+        mig = self.mig
+        for block in mig.ctx.ram.blocks:
+            pending = mig.pending[block.name]
+            start = mig.cursor[block.name]
+            for lo, hi in ((start, block.pages), (0, start)):
+                hits = np.flatnonzero(pending[lo:hi])
+                if len(hits):
+                    first = lo + int(hits[0])
+                    run = pending[first : min(first + BACKGROUND_CHUNK_PAGES, hi)]
+                    ends = np.flatnonzero(~run)
+                    n = int(ends[0]) if len(ends) else len(run)
+                    nbytes = self._send_pages(block.name, first, n)
+                    mig.cursor[block.name] = first + n
+                    return nbytes
+            mig.cursor[block.name] = 0
+        return 0
+
+    def _send_pages(self, name: str, first: int, n: int) -> int:
+        """Pages [first, first+n) of ``name`` on the main stream (ZERO or PAGE records);
+        returns the bytes written."""
+        mig = self.mig
+        writer = mig.writer
+        assert writer is not None
+        block = mig.ctx.ram.block(name)
+        assert block is not None
+        view = block.view()
+        total = 0
+        for sub_first, sub_n, is_zero in split_zero_runs(view, first, n):
+            offsets = [p * PAGE_SIZE for p in range(sub_first, sub_first + sub_n)]
+            if is_zero:
+                data = mig.encoder.ram_zero_pages(name, offsets)
+                mig.stats.add_zero_pages(sub_n)
+            else:
+                data = b"".join(
+                    mig.encoder.ram_page(name, o, view[o : o + PAGE_SIZE]) for o in offsets
+                )
+                mig.stats.add_normal_pages(sub_n)
+            writer.ram(data, vm_running=False)
+            total += len(data)
+        mig.pending[name][first : first + n] = False
+        return total
+
+    def _complete(self) -> None:
+        """migration_completion() in postcopy: END section, EOF, SHUT, completed."""
+        mig = self.mig
+        writer = mig.writer
+        assert writer is not None
+        writer.ram(mig.encoder.ram_end(), vm_running=False)
+        mig.stats.set_remaining(0)
+        self._close_section()
+        writer.other(mig.encoder.eof())
+        writer.flush()
+        if mig.pool is not None:
+            mig.pool.stop()
+            mig.pool = None
+        self.await_shut()
+        if mig.sm.compare_and_set(MigrationStatus.POSTCOPY_ACTIVE, MigrationEvent.COMPLETE):
+            mig.ctx.vm.set_state(RunState.POSTMIGRATE)
+            mig.stats.complete()
+        try:
+            mig.latch.check()
+        except ChannelClosed:
+            pass
