@@ -71,6 +71,7 @@ class IncomingContext:
     on_section: Callable[[SectionData], None] | None = None
     # The guest's vCPU, which waits for missing pages in postcopy (None: no guest).
     workload: Callable[[], Workload | None] | None = None
+    report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
 
 
 class _Barrier:
@@ -334,6 +335,20 @@ class IncomingMigration:
             ram_blocks={b.name: b.size for b in self.ctx.ram.blocks},
             sections=[*QEMU_SECTIONS, *self.ctx.sections],
         )
+        while True:
+            try:
+                self._load_stream(decoder)
+                return
+            except MultiFDError as err:
+                if not self.postcopy.can_pause():
+                    raise
+                # postcopy_pause_incoming: keep the guest and its pages, wait for a recovery
+                self.postcopy.pause(err)
+                decoder.resume_at_top()
+
+    def _load_stream(self, decoder: MainStreamDecoder) -> None:
+        """Load records from the main channel until the stream is complete."""
+        assert self.main is not None
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         zeros = _ZeroBatch(self.ctx.ram)

@@ -67,6 +67,7 @@ class OutgoingContext:
     machine_type: str
     uuid: bytes
     device_sections: list[DeviceSection] = field(default_factory=list)
+    report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
 
 
 class MainWriter:

@@ -18,16 +18,18 @@ import threading
 from typing import TYPE_CHECKING
 
 from migemu.emulator.guest.presence import PagePresence
-from migemu.emulator.migration.link import Link
+from migemu.emulator.migration.link import ErrorLatch, Link, Listener
 from migemu.emulator.migration.state import MigrationEvent, MigrationStatus
 from migemu.emulator.ram import PAGE_SIZE
 from migemu.emulator.runstate import RunState
-from migemu.multifd.errors import ProtocolError
+from migemu.multifd.errors import ChannelClosed, MultiFDError, ProtocolError
 from migemu.multifd.mainstream import postcopy as wire
 from migemu.multifd.mainstream.records import Command, RamPage, RamZero
 from migemu.multifd.mainstream.returnpath import (
     encode_rp_pong,
+    encode_rp_recv_bitmap,
     encode_rp_req_pages,
+    encode_rp_resume_ack,
     encode_rp_shut,
 )
 
@@ -61,11 +63,16 @@ class ReturnPath:
             self.link.send(data)
 
     def request_page(self, block: str, page: int) -> None:
-        """migrate_send_rp_message_req_pages: REQ_PAGES_ID when the block changes."""
+        """migrate_send_rp_message_req_pages: REQ_PAGES_ID when the block changes. Called
+        from the vCPU: a broken connection is not its problem (the request is sent again
+        after a recovery), so errors are swallowed here."""
         with self._lock:
             named = block if block != self._last_block else None
+            try:
+                self.link.send(encode_rp_req_pages(page * PAGE_SIZE, PAGE_SIZE, named))
+            except MultiFDError:
+                return
             self._last_block = block
-            self.link.send(encode_rp_req_pages(page * PAGE_SIZE, PAGE_SIZE, named))
 
 
 class IncomingPostcopy:
@@ -76,6 +83,9 @@ class IncomingPostcopy:
         self.rp: ReturnPath | None = None
         self.state = PostcopyState.NONE
         self.presence: PagePresence | None = None
+        self._recover_lock = threading.Lock()
+        self._recover_listener: Listener | None = None
+        self._recover_event = threading.Event()
 
     @property
     def listening(self) -> bool:
@@ -107,6 +117,10 @@ class IncomingPostcopy:
             self._run()
         elif cmd == wire.CMD_PACKAGED:
             pass
+        elif cmd == wire.CMD_RECV_BITMAP:
+            self._recv_bitmap(record.data)
+        elif cmd == wire.CMD_POSTCOPY_RESUME:
+            self._resume()
         elif cmd == wire.CMD_ENABLE_COLO:
             raise ProtocolError("migemu does not do COLO")
         else:
@@ -173,6 +187,96 @@ class IncomingPostcopy:
             vm.start()
         else:
             vm.set_state(RunState.PAUSED)
+
+    def _recv_bitmap(self, data: bytes) -> None:
+        """loadvm_handle_recv_bitmap: answer with the block's received-page bitmap."""
+        if self.mig.sm.status is not MigrationStatus.POSTCOPY_RECOVER:
+            raise ProtocolError("loadvm_handle_recv_bitmap: Only allowed in postcopy recover state")
+        name = wire.decode_recv_bitmap_cmd(data)
+        if self.mig.ctx.ram.block(name) is None or self.presence is None:
+            raise ProtocolError(f"loadvm_handle_recv_bitmap: block '{name}' not found")
+        assert self.rp is not None
+        self.rp.send(encode_rp_recv_bitmap(name, self.presence.received_bitmap(name)))
+
+    def _resume(self) -> None:
+        """loadvm_postcopy_handle_resume: postcopy-active again, RESUME_ACK, and the pages
+        the guest waits for are asked for again."""
+        if self.mig.sm.status is not MigrationStatus.POSTCOPY_RECOVER:
+            self._report("loadvm_postcopy_handle_resume: illegal resume received")
+            return
+        self.mig.sm.compare_and_set(
+            MigrationStatus.POSTCOPY_RECOVER, MigrationEvent.POSTCOPY_RESUMED
+        )
+        assert self.rp is not None and self.presence is not None
+        self.rp.send(encode_rp_resume_ack())
+        self.presence.requester = self.rp.request_page
+        self.presence.forget_requests()
+
+    # -- pause and recovery --------------------------------------------------------------
+
+    def _report(self, text: str) -> None:
+        if self.mig.ctx.report is not None:
+            self.mig.ctx.report(text)
+
+    def can_pause(self) -> bool:
+        """A failed stream pauses instead of failing once the guest runs here (RAM
+        postcopy only, and not while the machine shuts down; multifd channels cannot be
+        re-established, so with multifd it fails)."""
+        return (
+            self.state is PostcopyState.RUNNING
+            and self._settings_postcopy_ram()
+            and not self.mig.cancelled
+            and not self.mig.multifd
+            and self.mig.sm.status
+            in (MigrationStatus.POSTCOPY_ACTIVE, MigrationStatus.POSTCOPY_RECOVER)
+        )
+
+    def pause_request(self) -> None:
+        """migrate-pause on the destination: shut the stream down (qemu_file_shutdown)."""
+        self.mig.latch.fail(ChannelClosed("Channel was paused"))
+
+    def pause(self, err: MultiFDError) -> None:
+        """postcopy_pause_incoming: drop the connection, postcopy-paused, wait until
+        ``migrate-recover`` listens and the source connects: postcopy-recover."""
+        mig = self.mig
+        mig.latch.fail(err)
+        if mig.main is not None:
+            mig.main.close()
+        self.rp = None
+        if self.presence is not None:
+            self.presence.requester = None
+        mig.sm.handle(MigrationEvent.POSTCOPY_PAUSE)
+        self._report("Detected IO failure for postcopy. Migration paused.")
+        while True:
+            while not self._recover_event.wait(0.05):
+                if mig.cancelled:
+                    raise ChannelClosed("incoming migration cancelled")
+            with self._recover_lock:
+                listener = self._recover_listener
+                self._recover_event.clear()
+            if mig.cancelled:
+                raise ChannelClosed("incoming migration cancelled")
+            assert listener is not None
+            latch = ErrorLatch()
+            latch.register(listener.close)
+            mig.latch = latch
+            try:
+                link = listener.accept(latch, "main")
+            except MultiFDError:
+                continue  # that listener is gone (a newer migrate-recover replaced it)
+            mig.main = link
+            self.rp = ReturnPath(link)  # the same socket carries the return path
+            mig.sm.handle(MigrationEvent.POSTCOPY_RECOVER)
+            return
+
+    def recover(self, listener: Listener) -> None:
+        """migrate-recover: listen on a new address for the source's new connection."""
+        with self._recover_lock:
+            old, self._recover_listener = self._recover_listener, listener
+            self._recover_event.set()
+        if old is not None and old is not listener:
+            old.close()
+        self.mig.listener = listener
 
     # -- RAM in postcopy -----------------------------------------------------------------
 

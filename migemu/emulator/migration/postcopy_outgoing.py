@@ -19,19 +19,24 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from migemu.emulator.guest.dirty import mask_runs
 from migemu.emulator.guest.zero import split_zero_runs
+from migemu.emulator.migration.link import ConnectError, ErrorLatch, Link, connect
 from migemu.emulator.migration.state import MigrationEvent, MigrationStatus
+from migemu.emulator.migration.uri import MigrationAddress
 from migemu.emulator.ram import PAGE_SIZE
 from migemu.emulator.runstate import RunState
 from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken, ProtocolError
 from migemu.multifd.mainstream import postcopy as wire
 from migemu.multifd.mainstream.returnpath import (
+    RESUME_ACK_VALUE,
     RP_PONG,
+    RP_RECV_BITMAP,
     RP_REQ_PAGES,
     RP_REQ_PAGES_ID,
     RP_RESUME_ACK,
@@ -70,6 +75,14 @@ class OutgoingPostcopy:
         self._rp_block: str | None = None
         self._rp_thread: threading.Thread | None = None
         self._rp_done = False
+        # recovery: the address of ``migrate resume:true`` and the handshake's answers
+        self._resume_lock = threading.Lock()
+        self._resume_address: MigrationAddress | None = None
+        self._resume_event = threading.Event()
+        self._bitmaps: dict[str, bytes] = {}
+        self._bitmap_event = threading.Event()
+        self._resume_ack = threading.Event()
+        self._package_sent = False
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -82,7 +95,15 @@ class OutgoingPostcopy:
         mig.writer.other(wire.encode_open_return_path() + wire.encode_ping(1))
         if self.enabled:
             mig.writer.other(wire.encode_postcopy_advise(PAGE_SIZE, PAGE_SIZE))
-        self._rp_thread = threading.Thread(target=self._rp_run, name="return path", daemon=True)
+        self._start_rp(mig.main, mig.latch)
+
+    def _start_rp(self, link: Link, latch: ErrorLatch) -> None:
+        self._shut.clear()
+        self._rp_done = False
+        self._rp_block = None
+        self._rp_thread = threading.Thread(
+            target=self._rp_run, args=(link, latch), name="return path", daemon=True
+        )
         self._rp_thread.start()
 
     def wanted(self, pending: int, threshold: int) -> bool:
@@ -93,10 +114,7 @@ class OutgoingPostcopy:
 
     # -- the return path -----------------------------------------------------------------
 
-    def _rp_run(self) -> None:
-        mig = self.mig
-        link = mig.main
-        assert link is not None
+    def _rp_run(self, link: Link, latch: ErrorLatch) -> None:
         decoder = ReturnPathDecoder()
         buf = bytearray(RP_READ)
         view = memoryview(buf)
@@ -111,10 +129,10 @@ class OutgoingPostcopy:
                     self._on_rp(message.kind, message)
         except MultiFDError as err:
             if not self._shut.is_set() and not self._rp_done:
-                mig.latch.fail(err)
+                latch.fail(err)
         except Exception as err:
             log.exception("return path failed")
-            mig.latch.fail(MultiFDError(f"migemu internal error: {err!r}"))
+            latch.fail(MultiFDError(f"migemu internal error: {err!r}"))
         finally:
             self._wake.set()
 
@@ -147,7 +165,24 @@ class OutgoingPostcopy:
                 self._queue.append((block_name, start // PAGE_SIZE, -(-length // PAGE_SIZE)))
             self._wake.set()
         elif kind == RP_RESUME_ACK:
-            pass
+            if message.value != RESUME_ACK_VALUE:
+                raise ProtocolError(f"RP: resume ack with invalid value {message.value}")
+            self._resume_ack.set()
+            self._bitmap_event.set()
+        elif kind == RP_RECV_BITMAP:
+            name = message.block_name()
+            block = self.mig.ctx.ram.block(name)
+            if block is None:
+                raise ProtocolError(f"RP: invalid block name '{name}'")
+            assert message.bitmap is not None
+            expected = ((block.pages + 7) // 8 + 7) // 8 * 8
+            if len(message.bitmap) != expected:
+                raise ProtocolError(
+                    f"ram_dirty_bitmap_reload: ramblock '{name}' bitmap size mismatch "
+                    f"(0x{len(message.bitmap):x} != 0x{expected:x})"
+                )
+            self._bitmaps[name] = message.bitmap
+            self._bitmap_event.set()
         else:
             raise ProtocolError(f"RP: Received invalid message 0x{kind:04x}")
 
@@ -177,15 +212,138 @@ class OutgoingPostcopy:
     # -- postcopy ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """postcopy_start(), the postcopy iterations and migration_completion()."""
+        """postcopy_start(), the postcopy iterations and migration_completion(); a broken
+        stream after the device state went out pauses (postcopy_pause) until a recovery."""
         mig = self.mig
         if not mig.sm.compare_and_set(MigrationStatus.ACTIVE, MigrationEvent.POSTCOPY_START):
             mig.latch.check()
             return
         self.active = True
         self._switchover()
-        self._stream()
-        self._complete()
+        while True:
+            try:
+                self._stream()
+                self._complete()
+                return
+            except MultiFDError as err:
+                if not self._can_pause(err):
+                    raise
+                self._pause()
+
+    def _can_pause(self, err: MultiFDError) -> bool:
+        from migemu.emulator.migration.outgoing import CANCELLED_DESC
+
+        mig = self.mig
+        error = mig.latch.error
+        desc = error.desc if error is not None else err.desc
+        return (
+            self._package_sent
+            and desc != CANCELLED_DESC
+            and mig.pool is None  # multifd channels cannot be re-established in 7.2
+            and mig.sm.status in (MigrationStatus.POSTCOPY_ACTIVE, MigrationStatus.POSTCOPY_RECOVER)
+        )
+
+    def pause_request(self) -> None:
+        """migrate-pause on the source: shut the stream down (qemu_file_shutdown)."""
+        self.mig.latch.fail(ChannelClosed("Channel was paused"))
+
+    def resume(self, address: MigrationAddress) -> None:
+        """migrate resume:true: reconnect to ``address`` and recover."""
+        with self._resume_lock:
+            self._resume_address = address
+        self._resume_event.set()
+
+    def _report(self, text: str) -> None:
+        if self.mig.ctx.report is not None:
+            self.mig.ctx.report(text)
+
+    def _pause(self) -> None:
+        """postcopy_pause: drop the connection, postcopy-paused, wait for ``migrate
+        resume:true``, then the recovery handshake; a failed handshake pauses again."""
+        from migemu.emulator.migration.outgoing import CANCELLED_DESC
+
+        mig = self.mig
+        broken = True
+        while True:
+            if broken:
+                if mig.main is not None:
+                    mig.main.close()
+                self.stop()
+                if not mig.sm.compare_and_set(mig.sm.status, MigrationEvent.POSTCOPY_PAUSE):
+                    raise ChannelClosed(CANCELLED_DESC)
+                self._report("Detected IO failure for postcopy. Migration paused.")
+            broken = True
+            while not self._resume_event.wait(0.05):
+                if mig.sm.status is not MigrationStatus.POSTCOPY_PAUSED:
+                    raise ChannelClosed(CANCELLED_DESC)  # migrate_cancel
+            with self._resume_lock:
+                address = self._resume_address
+                self._resume_event.clear()
+            assert address is not None
+            try:
+                self._recover(address)
+                return
+            except ConnectError as err:
+                # 7.2 fails the migration here (migrate_fd_error); migemu stays paused:
+                # a failed reconnect must not throw the guest's RAM away
+                self._report(err.desc)
+                broken = False
+                continue
+            except MultiFDError as err:
+                if mig.sm.status is not MigrationStatus.POSTCOPY_RECOVER:
+                    raise ChannelClosed(CANCELLED_DESC) from err
+                self._report(f"postcopy_do_resume: handshake failed: {err.desc}")
+                continue
+
+    def _recover(self, address: MigrationAddress) -> None:
+        """migrate_fd_connect(resume) + postcopy_do_resume: a new main channel (no header,
+        no OPEN_RETURN_PATH), RECV_BITMAP per block, every page the destination lacks
+        pending again, POSTCOPY_RESUME, and postcopy-active once RESUME_ACK came back."""
+        from migemu.emulator.migration.outgoing import MainWriter
+
+        mig = self.mig
+        latch = ErrorLatch()
+        link = connect(address, latch, "main")
+        mig.latch = latch
+        mig.main = link
+        mig.writer = writer = MainWriter(link, mig.stats)
+        if not mig.sm.compare_and_set(
+            MigrationStatus.POSTCOPY_PAUSED, MigrationEvent.POSTCOPY_RECOVER
+        ):
+            raise ChannelClosed("migration cancelled")
+        self._bitmaps = {}
+        self._bitmap_event.clear()
+        self._resume_ack.clear()
+        self._start_rp(link, latch)
+        blocks = mig.ctx.ram.blocks
+        for block in blocks:
+            writer.other(wire.encode_recv_bitmap(block.name))
+        writer.flush()
+        self._wait(lambda: len(self._bitmaps) == len(blocks), "RECV_BITMAP")
+        for block in blocks:
+            raw = np.frombuffer(self._bitmaps[block.name], dtype=np.uint8)
+            received = np.unpackbits(raw, bitorder="little")[: block.pages].astype(np.bool_)
+            mig.pending[block.name] = ~received
+            mig.cursor[block.name] = 0
+        mig.encoder.reset_block()
+        with self._queue_lock:
+            self._queue.clear()
+        writer.other(wire.encode_postcopy_resume())
+        writer.flush()
+        self._wait(self._resume_ack.is_set, "RESUME_ACK")
+        if not mig.sm.compare_and_set(
+            MigrationStatus.POSTCOPY_RECOVER, MigrationEvent.POSTCOPY_RESUMED
+        ):
+            raise ChannelClosed("migration cancelled")
+
+    def _wait(self, done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + SHUT_TIMEOUT_S
+        while not done():
+            self.mig.latch.check()
+            if time.monotonic() > deadline:
+                raise PeerBroken(f"postcopy recovery: no {what} from the destination")
+            self._bitmap_event.wait(0.02)
+            self._bitmap_event.clear()
 
     def _switchover(self) -> None:
         mig = self.mig
@@ -220,6 +378,7 @@ class OutgoingPostcopy:
         package += [enc.globalstate(runstate), wire.encode_ping(3), wire.encode_postcopy_run()]
         writer.other(wire.encode_packaged(b"".join(package)))
         writer.flush()
+        self._package_sent = True
         mig.stats.postcopy_started()
         writer.other(wire.encode_ping(4))
         writer.flush()
@@ -303,6 +462,14 @@ class OutgoingPostcopy:
             self.mig.writer.flush()
         return sent
 
+    def _chunk_pages(self) -> int:
+        """Pages per background step: a rate-limit window's worth at most, at least 1
+        (QEMU checks the limit after each host page)."""
+        budget = self._budget()
+        if budget is None:
+            return BACKGROUND_CHUNK_PAGES
+        return max(1, min(BACKGROUND_CHUNK_PAGES, budget // PAGE_SIZE))
+
     def _send_background(self) -> int:
         """Up to BACKGROUND_CHUNK_PAGES pending pages from the cursor on (wrapping)."""
         mig = self.mig
@@ -313,7 +480,7 @@ class OutgoingPostcopy:
                 hits = np.flatnonzero(pending[lo:hi])
                 if len(hits):
                     first = lo + int(hits[0])
-                    run = pending[first : min(first + BACKGROUND_CHUNK_PAGES, hi)]
+                    run = pending[first : min(first + self._chunk_pages(), hi)]
                     ends = np.flatnonzero(~run)
                     n = int(ends[0]) if len(ends) else len(run)
                     nbytes = self._send_pages(block.name, first, n)

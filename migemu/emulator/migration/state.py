@@ -168,6 +168,8 @@ DESTINATION_TRANSITIONS: dict[tuple[MigrationStatus, MigrationEvent], MigrationS
     (S.POSTCOPY_PAUSED, E.POSTCOPY_RECOVER): S.POSTCOPY_RECOVER,
     (S.POSTCOPY_RECOVER, E.POSTCOPY_RESUMED): S.POSTCOPY_ACTIVE,
     (S.POSTCOPY_RECOVER, E.POSTCOPY_PAUSE): S.POSTCOPY_PAUSED,
+    # migrate-recover: qemu_start_incoming_migration emits "setup", the state stays
+    (S.POSTCOPY_PAUSED, E.INCOMING_START): S.POSTCOPY_PAUSED,
 }
 
 # The exceptions to "emit the new status iff `events` is on":

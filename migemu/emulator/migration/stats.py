@@ -201,7 +201,7 @@ class MigrationStats:
         with self._lock:
             end = self._now_ms()
             self._total_time = end - self._start_ms
-            if not self._downtime:
+            if not self._downtime and not self._in_postcopy:  # postcopy: set at its start
                 self._downtime = end - self._downtime_start_ms
             transfer_time = self._total_time - self._setup_time
             if transfer_time:
