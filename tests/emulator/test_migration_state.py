@@ -187,7 +187,9 @@ def test_postcopy_transitions_of_both_sides():
         for pair, new in DESTINATION_TRANSITIONS.items()
         if (pair[0] in postcopy or new in postcopy) and pair not in cycle
     }
-    assert dest_extra == set()
+    # migrate-recover emits "setup" (qemu_start_incoming_migration) and stays paused
+    assert dest_extra == {(S.POSTCOPY_PAUSED, E.INCOMING_START)}
+    assert DESTINATION_TRANSITIONS[(S.POSTCOPY_PAUSED, E.INCOMING_START)] is S.POSTCOPY_PAUSED
     # a paused postcopy never fails on a channel error: it waits for a recovery
     assert (S.POSTCOPY_PAUSED, E.ERROR) not in SOURCE_TRANSITIONS
 
@@ -462,3 +464,9 @@ def test_emitter_may_read_the_machine():
     sm = MigrationStateMachine(Side.SOURCE, emit, lambda: True)
     sm.start()
     assert seen == [S.SETUP]
+
+
+def test_migrate_recover_emits_setup_and_stays_paused():
+    sm, rec = machine_in(Side.DESTINATION, S.POSTCOPY_PAUSED, events_on=False)
+    sm.handle(E.INCOMING_START)
+    assert sm.status is S.POSTCOPY_PAUSED and rec.statuses() == ["setup"]

@@ -61,6 +61,18 @@ class PagePresence:
         page the guest may already have changed is never overwritten)."""
         return not self._present[block][page]
 
+    def fill(self, block: str, page: int, write: Callable[[], None]) -> bool:
+        """If ``page`` is missing: ``write()`` it and mark it present, atomically (two
+        channels may bring the same page; the second must not overwrite what the guest
+        wrote after the first). Returns whether it wrote."""
+        with self._cond:
+            if self._present[block][page]:
+                return False
+            write()
+            self._present[block][page] = True
+            self._cond.notify_all()
+            return True
+
     def place(self, block: str, first: int, n: int = 1) -> None:
         """Pages [first, first+n) were written: present from now on; wake waiters."""
         with self._cond:

@@ -260,6 +260,7 @@ class IncomingMigration:
         self.main = self.listener.accept(self.latch, "main")
         self.multifd = self.ctx.settings.capability("multifd")
         if not self.multifd:
+            self.postcopy.accept_preempt(self.listener)  # with postcopy-preempt
             return
         wanted = self.ctx.settings.get("multifd-channels")
         self.barrier = _Barrier(wanted, self.latch)
@@ -423,6 +424,7 @@ class IncomingMigration:
 
     def _cleanup(self) -> None:
         self.latch.fail(ChannelClosed("incoming migration finished"))
+        self.postcopy.close_preempt()
         for channel in self.channels:
             if channel.thread.is_alive():
                 channel.thread.join()

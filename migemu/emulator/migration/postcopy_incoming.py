@@ -14,16 +14,18 @@ back, state completed. The postcopy states follow ``loadvm_postcopy_*`` in savev
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from typing import TYPE_CHECKING
 
 from migemu.emulator.guest.presence import PagePresence
-from migemu.emulator.migration.link import ErrorLatch, Link, Listener
+from migemu.emulator.migration.link import ErrorLatch, ExecSource, Link, Listener
 from migemu.emulator.migration.state import MigrationEvent, MigrationStatus
 from migemu.emulator.ram import PAGE_SIZE
 from migemu.emulator.runstate import RunState
-from migemu.multifd.errors import ChannelClosed, MultiFDError, ProtocolError
+from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken, ProtocolError
 from migemu.multifd.mainstream import postcopy as wire
+from migemu.multifd.mainstream.postcopy import PostcopyChannelDecoder
 from migemu.multifd.mainstream.records import Command, RamPage, RamZero
 from migemu.multifd.mainstream.returnpath import (
     encode_rp_pong,
@@ -36,7 +38,10 @@ from migemu.multifd.mainstream.returnpath import (
 if TYPE_CHECKING:
     from migemu.emulator.migration.incoming import IncomingMigration
 
+log = logging.getLogger(__name__)
+
 ZERO_PAGE = bytes(PAGE_SIZE)
+PREEMPT_TIMEOUT_S = 10.0  # QEMU waits forever for a channel the source never opens
 
 
 class PostcopyState(enum.IntEnum):
@@ -86,6 +91,8 @@ class IncomingPostcopy:
         self._recover_lock = threading.Lock()
         self._recover_listener: Listener | None = None
         self._recover_event = threading.Event()
+        self._preempt_link: Link | None = None
+        self._preempt_thread: threading.Thread | None = None
 
     @property
     def listening(self) -> bool:
@@ -242,6 +249,7 @@ class IncomingPostcopy:
         mig.latch.fail(err)
         if mig.main is not None:
             mig.main.close()
+        self.close_preempt()
         self.rp = None
         if self.presence is not None:
             self.presence.requester = None
@@ -265,6 +273,11 @@ class IncomingPostcopy:
             except MultiFDError:
                 continue  # that listener is gone (a newer migrate-recover replaced it)
             mig.main = link
+            try:
+                self.accept_preempt(listener)
+            except MultiFDError:
+                link.close()
+                continue
             self.rp = ReturnPath(link)  # the same socket carries the return path
             mig.sm.handle(MigrationEvent.POSTCOPY_RECOVER)
             return
@@ -283,19 +296,82 @@ class IncomingPostcopy:
     def place(self, record: RamPage | RamZero) -> None:
         """ram_load_postcopy: a page is written only while it is missing."""
         presence = self.presence
-        assert presence is not None
+        if presence is None:
+            raise ProtocolError("a postcopy page arrived before POSTCOPY_LISTEN")
         page = record.offset // PAGE_SIZE
         if not presence.claim(record.block, page):
             return
         block = self.mig.ctx.ram.block(record.block)
         assert block is not None  # the decoder checked the name
-        if isinstance(record, RamPage):
-            block.mem[record.offset : record.offset + PAGE_SIZE] = record.data
-        else:
-            block.mem[record.offset : record.offset + PAGE_SIZE] = (
-                ZERO_PAGE if record.fill == 0 else bytes([record.fill]) * PAGE_SIZE
+        offset = record.offset
+        data = (
+            record.data
+            if isinstance(record, RamPage)
+            else ZERO_PAGE
+            if record.fill == 0
+            else bytes([record.fill]) * PAGE_SIZE
+        )
+
+        def write() -> None:
+            block.mem[offset : offset + PAGE_SIZE] = data
+
+        presence.fill(record.block, page, write)
+
+    # -- the postcopy-preempt channel ----------------------------------------------------
+
+    def accept_preempt(self, listener: Listener | ExecSource) -> None:
+        """With postcopy-preempt the source's second connection is the postcopy channel
+        (migration_ioc_process_incoming): its reader thread places urgent pages."""
+        if not self.mig.ctx.settings.capability("postcopy-preempt"):
+            return
+        if not listener.wait_pending(PREEMPT_TIMEOUT_S):
+            raise ProtocolError(
+                "postcopy-preempt: the source opened no postcopy channel within "
+                f"{PREEMPT_TIMEOUT_S:g} s (is postcopy-preempt on at both sides?)"
             )
-        presence.place(record.block, page)
+        link = listener.accept(self.mig.latch, "postcopy")
+        self._preempt_link = link
+        self._preempt_thread = threading.Thread(
+            target=self._preempt_run, args=(link,), name="postcopy/preempt", daemon=True
+        )
+        self._preempt_thread.start()
+
+    def _preempt_run(self, link: Link) -> None:
+        decoder = PostcopyChannelDecoder({b.name: b.size for b in self.mig.ctx.ram.blocks})
+        buf = bytearray(256 * 1024)
+        view = memoryview(buf)
+        try:
+            while not decoder.done:
+                n = link.recv_into(view)
+                if n == 0:
+                    raise PeerBroken("postcopy channel closed before its EOS")
+                for record in decoder.feed(view[:n]):
+                    if isinstance(record, (RamPage, RamZero)):
+                        self.place(record)
+        except MultiFDError as err:
+            link.latch.fail(err)
+        except Exception as err:
+            log.exception("postcopy preempt channel failed")
+            link.latch.fail(MultiFDError(f"migemu internal error: {err!r}"))
+
+    def _join_preempt(self) -> None:
+        """postcopy_ram_incoming_cleanup: wait for the preempt channel's EOS."""
+        thread = self._preempt_thread
+        if thread is None or thread is threading.current_thread():
+            return
+        while thread.is_alive():
+            thread.join(0.05)
+            self.mig.latch.check()
+        if self._preempt_link is not None:
+            self._preempt_link.close()
+        self._preempt_thread = None
+
+    def close_preempt(self) -> None:
+        if self._preempt_link is not None:
+            self._preempt_link.close()
+        thread = self._preempt_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
 
     # -- the end -------------------------------------------------------------------------
 
@@ -305,6 +381,7 @@ class IncomingPostcopy:
             if self.rp is not None:
                 self.rp.send(encode_rp_shut(0))
             return False
+        self._join_preempt()
         self.state = PostcopyState.END
         self._detach()
         self.mig.sm.compare_and_set(MigrationStatus.POSTCOPY_ACTIVE, MigrationEvent.COMPLETE)

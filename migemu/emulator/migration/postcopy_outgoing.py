@@ -32,6 +32,7 @@ from migemu.emulator.migration.uri import MigrationAddress
 from migemu.emulator.ram import PAGE_SIZE
 from migemu.emulator.runstate import RunState
 from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken, ProtocolError
+from migemu.multifd.mainstream import MainStreamEncoder
 from migemu.multifd.mainstream import postcopy as wire
 from migemu.multifd.mainstream.returnpath import (
     RESUME_ACK_VALUE,
@@ -45,7 +46,7 @@ from migemu.multifd.mainstream.returnpath import (
 )
 
 if TYPE_CHECKING:
-    from migemu.emulator.migration.outgoing import OutgoingMigration
+    from migemu.emulator.migration.outgoing import MainWriter, OutgoingMigration
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class OutgoingPostcopy:
         caps = mig.caps
         self.enabled = bool(caps.get("postcopy-ram"))
         self.return_path = self.enabled or bool(caps.get("return-path"))
+        self.preempt = self.enabled and bool(caps.get("postcopy-preempt"))
+        self._preempt_link: Link | None = None
+        self._preempt_writer: MainWriter | None = None
+        self._preempt_encoder = MainStreamEncoder(mig.ctx.machine_type)
         self.start_requested = threading.Event()
         self.active = False
         self._queue: collections.deque[tuple[str, int, int]] = collections.deque()
@@ -96,6 +101,18 @@ class OutgoingPostcopy:
         if self.enabled:
             mig.writer.other(wire.encode_postcopy_advise(PAGE_SIZE, PAGE_SIZE))
         self._start_rp(mig.main, mig.latch)
+        if self.preempt:
+            self._connect_preempt(mig.address, mig.latch)
+
+    def _connect_preempt(self, address: MigrationAddress, latch: ErrorLatch) -> None:
+        """postcopy_preempt_setup: the postcopy channel, the source's second connection
+        (no greeting: the destination knows it by its order). Urgent pages go there."""
+        from migemu.emulator.migration.outgoing import MainWriter
+
+        link = connect(address, latch, "postcopy")
+        self._preempt_link = link
+        self._preempt_writer = MainWriter(link, self.mig.stats)
+        self._preempt_encoder.reset_block()
 
     def _start_rp(self, link: Link, latch: ErrorLatch) -> None:
         self._shut.clear()
@@ -205,6 +222,10 @@ class OutgoingPostcopy:
     def stop(self) -> None:
         """Cleanup: the main link is closed by then; the reader ends."""
         self._rp_done = True
+        if self._preempt_link is not None:
+            self._preempt_link.close()
+            self._preempt_link = None
+            self._preempt_writer = None
         thread = self._rp_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(5.0)
@@ -307,6 +328,8 @@ class OutgoingPostcopy:
         mig.latch = latch
         mig.main = link
         mig.writer = writer = MainWriter(link, mig.stats)
+        if self.preempt:
+            self._connect_preempt(address, latch)
         if not mig.sm.compare_and_set(
             MigrationStatus.POSTCOPY_PAUSED, MigrationEvent.POSTCOPY_RECOVER
         ):
@@ -455,11 +478,12 @@ class OutgoingPostcopy:
             pending = self.mig.pending[name]
             for page in range(first, min(first + n, len(pending))):
                 if pending[page]:
-                    sent += self._send_pages(name, page, 1)
+                    sent += self._send_pages(name, page, 1, urgent=True)
             self.mig.cursor[name] = min(first + n, len(pending))
         if sent:
-            assert self.mig.writer is not None
-            self.mig.writer.flush()
+            writer = self._preempt_writer or self.mig.writer
+            assert writer is not None
+            writer.flush()
         return sent
 
     def _chunk_pages(self) -> int:
@@ -489,11 +513,14 @@ class OutgoingPostcopy:
             mig.cursor[block.name] = 0
         return 0
 
-    def _send_pages(self, name: str, first: int, n: int) -> int:
-        """Pages [first, first+n) of ``name`` on the main stream (ZERO or PAGE records);
-        returns the bytes written."""
+    def _send_pages(self, name: str, first: int, n: int, *, urgent: bool = False) -> int:
+        """Pages [first, first+n) of ``name`` as ZERO or PAGE records, on the main stream
+        or (``urgent``, with postcopy-preempt) the postcopy channel; returns the bytes."""
         mig = self.mig
         writer = mig.writer
+        encoder = mig.encoder
+        if urgent and self._preempt_writer is not None:
+            writer, encoder = self._preempt_writer, self._preempt_encoder
         assert writer is not None
         block = mig.ctx.ram.block(name)
         assert block is not None
@@ -502,12 +529,10 @@ class OutgoingPostcopy:
         for sub_first, sub_n, is_zero in split_zero_runs(view, first, n):
             offsets = [p * PAGE_SIZE for p in range(sub_first, sub_first + sub_n)]
             if is_zero:
-                data = mig.encoder.ram_zero_pages(name, offsets)
+                data = encoder.ram_zero_pages(name, offsets)
                 mig.stats.add_zero_pages(sub_n)
             else:
-                data = b"".join(
-                    mig.encoder.ram_page(name, o, view[o : o + PAGE_SIZE]) for o in offsets
-                )
+                data = b"".join(encoder.ram_page(name, o, view[o : o + PAGE_SIZE]) for o in offsets)
                 mig.stats.add_normal_pages(sub_n)
             writer.ram(data, vm_running=False)
             total += len(data)
@@ -524,6 +549,9 @@ class OutgoingPostcopy:
         self._close_section()
         writer.other(mig.encoder.eof())
         writer.flush()
+        if self._preempt_writer is not None:  # postcopy_preempt_shutdown_file
+            self._preempt_writer.other(wire.encode_preempt_eos())
+            self._preempt_writer.flush()
         if mig.pool is not None:
             mig.pool.stop()
             mig.pool = None

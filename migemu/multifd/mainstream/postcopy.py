@@ -10,17 +10,30 @@ is followed by a blob that holds POSTCOPY_LISTEN, the device sections (no EOF, n
 description), PING 3 and POSTCOPY_RUN; then PING 4, the rest of RAM in PART sections and
 finally an END section and EOF. For recovery the source sends POSTCOPY_RESUME and
 RECV_BITMAP (a counted block name). Payloads are built and checked here, with QEMU's texts;
-``savevm.c`` (``qemu_savevm_send_*``, ``loadvm_postcopy_*``) is the reference.
+``savevm.c`` (``qemu_savevm_send_*``, ``loadvm_postcopy_*``) is the reference. With
+``postcopy-preempt`` the source opens one more connection right after the main one (the
+destination tells it apart only by arriving second, with multifd off): requested pages go
+there as bare RAM records, read by ``PostcopyChannelDecoder``.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from migemu.multifd.constants import PAGE_MASK, PAGE_SIZE
 from migemu.multifd.errors import ProtocolError
 from migemu.multifd.mainstream.encoder import encode_command
+from migemu.multifd.mainstream.records import (
+    RAM_FLAG_CONTINUE,
+    RAM_FLAG_EOS,
+    RAM_FLAG_PAGE,
+    RAM_FLAG_ZERO,
+    RamEOS,
+    RamPage,
+    RamZero,
+)
 
 CMD_OPEN_RETURN_PATH = 1
 CMD_PING = 2
@@ -164,3 +177,78 @@ def decode_recv_bitmap_cmd(data: bytes) -> str:
     if not data or data[0] + 1 != len(data):
         raise ProtocolError(f"CMD_RECV_BITMAP: invalid length ({len(data)})")
     return data[1:].decode("latin-1")
+
+
+class PostcopyChannelDecoder:
+    """The postcopy-preempt channel (destination side): bare RAM records -- no file header,
+    no sections -- as ram_load_postcopy(RAM_CHANNEL_POSTCOPY) reads them: ZERO and PAGE
+    records (the block named after every channel switch, then CONTINUE), and an EOS when
+    the source shuts the channel down at completion. ``feed`` returns the records the
+    bytes complete; the first error is kept."""
+
+    def __init__(self, ram_blocks: Mapping[str, int]) -> None:
+        self.ram_blocks = dict(ram_blocks)
+        self._buf = bytearray()
+        self._last_block: str | None = None
+        self._error: ProtocolError | None = None
+        self.done = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[RamPage | RamZero | RamEOS]:
+        if self._error is not None:
+            raise ProtocolError(self._error.desc)
+        if self.done:
+            return []
+        self._buf += data
+        out: list[RamPage | RamZero | RamEOS] = []
+        pos = 0
+        buf = self._buf
+        try:
+            while len(buf) - pos >= 8:
+                (word,) = _U64.unpack_from(buf, pos)
+                flags = word & ~PAGE_MASK
+                addr = word & PAGE_MASK
+                kind = flags & ~RAM_FLAG_CONTINUE
+                if kind == RAM_FLAG_EOS:
+                    out.append(RamEOS())
+                    pos += 8
+                    self.done = True
+                    break
+                if kind not in (RAM_FLAG_ZERO, RAM_FLAG_PAGE):
+                    raise ProtocolError(
+                        f"Unknown combination of migration flags: 0x{flags:x} (postcopy mode)"
+                    )
+                p = pos + 8
+                if flags & RAM_FLAG_CONTINUE:
+                    if self._last_block is None:
+                        raise ProtocolError("Ack, bad migration stream!")
+                    block = self._last_block
+                else:
+                    if len(buf) - p < 1 or len(buf) - p < 1 + buf[p]:
+                        break
+                    block = bytes(buf[p + 1 : p + 1 + buf[p]]).decode("latin-1")
+                    p += 1 + buf[p]
+                    if block not in self.ram_blocks:
+                        raise ProtocolError(f"Can't find block {block}")
+                length = self.ram_blocks[block]
+                if addr + PAGE_SIZE > length:
+                    raise ProtocolError(f"Illegal RAM offset {addr:x}")
+                size = 1 if kind == RAM_FLAG_ZERO else PAGE_SIZE
+                if len(buf) - p < size:
+                    break
+                self._last_block = block
+                if kind == RAM_FLAG_ZERO:
+                    out.append(RamZero(block, addr, buf[p]))
+                else:
+                    out.append(RamPage(block, addr, bytes(buf[p : p + PAGE_SIZE])))
+                pos = p + size
+        except ProtocolError as err:
+            self._error = err
+            self._buf = bytearray()
+            raise
+        del buf[:pos]
+        return out
+
+
+def encode_preempt_eos() -> bytes:
+    """What postcopy_preempt_shutdown_file() writes on the preempt channel at the end."""
+    return _U64.pack(RAM_FLAG_EOS)
