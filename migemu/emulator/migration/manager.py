@@ -170,10 +170,7 @@ class MigrationManager:
         if self.source.status is MigrationStatus.POSTCOPY_ACTIVE and self.outgoing is not None:
             self.outgoing.postcopy.pause_request()
             return
-        if (
-            self.destination.status is MigrationStatus.POSTCOPY_ACTIVE
-            and self.incoming is not None
-        ):
+        if self.destination.status is MigrationStatus.POSTCOPY_ACTIVE and self.incoming is not None:
             self.incoming.postcopy.pause_request()
             return
         raise QMPError("migrate-pause is currently only supported during postcopy-active state")

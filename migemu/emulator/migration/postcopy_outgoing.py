@@ -26,6 +26,7 @@ import numpy as np
 
 from migemu.emulator.guest.dirty import mask_runs
 from migemu.emulator.guest.zero import split_zero_runs
+from migemu.emulator.migration import faults
 from migemu.emulator.migration.link import ConnectError, ErrorLatch, Link, connect
 from migemu.emulator.migration.state import MigrationEvent, MigrationStatus
 from migemu.emulator.migration.uri import MigrationAddress
@@ -402,6 +403,7 @@ class OutgoingPostcopy:
         writer.other(wire.encode_packaged(b"".join(package)))
         writer.flush()
         self._package_sent = True
+        faults.phase(faults.Phase.POSTCOPY)
         mig.stats.postcopy_started()
         writer.other(wire.encode_ping(4))
         writer.flush()
