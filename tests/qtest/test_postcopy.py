@@ -104,6 +104,14 @@ async def migrate_into_postcopy(src, uri):
     await src.wait_status(["postcopy-active", "completed"])
 
 
+async def dst_running(dst):
+    """Poll until the destination ran POSTCOPY_RUN (its guest runs)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while (await dst.cmd("query-status"))["status"] != "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
 async def finish(src, dst, image):
     info = await src.wait_status(["completed", "failed"])
     assert info["status"] == "completed", info
@@ -148,6 +156,7 @@ async def test_recovered_postcopy(cluster, image, shm, tmp_path, src_kind, dst_k
     await src.cmd("migrate-set-parameters", {"max-postcopy-bandwidth": 4096})
     await migrate_into_postcopy(src, uri)
     await src.wait_status(["postcopy-active"])
+    await dst_running(dst)  # 7.2 pauses only once the guest runs there (else it fails)
     await src.cmd("migrate-pause")
     await dst.wait_status(["postcopy-paused"])
     await src.wait_status(["postcopy-paused"])
@@ -170,6 +179,7 @@ async def test_cancel_in_postcopy(cluster, image, shm, src_kind, dst_kind):
     src, dst, uri = await start_pair(cluster, image, shm, src_kind, dst_kind)
     await src.cmd("migrate-set-parameters", {"max-postcopy-bandwidth": 4096})
     await migrate_into_postcopy(src, uri)
+    await dst_running(dst)
     await src.cmd("migrate_cancel")
     await src.wait_status(["cancelled"])
     await dst.wait_status(["postcopy-paused"])
@@ -191,6 +201,7 @@ async def test_destination_killed_in_postcopy(cluster, image, shm, src_kind, dst
     src, dst, uri = await start_pair(cluster, image, shm, src_kind, dst_kind)
     await src.cmd("migrate-set-parameters", {"max-postcopy-bandwidth": 4096})
     await migrate_into_postcopy(src, uri)
+    await dst_running(dst)
     os.kill(dst.proc.pid, signal.SIGKILL)
     await dst.wait_exit()
     await src.wait_status(["postcopy-paused"])
