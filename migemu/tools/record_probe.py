@@ -60,10 +60,11 @@ def requests_from_log(text: str) -> list[dict[str, Any]]:
     return seen
 
 
-def _argv(qemu: str, template: list[str], tmp: Path) -> list[str]:
+def _argv(qemu: str | list[str], template: list[str], tmp: Path) -> list[str]:
     sock, secret = tmp / "qmp.sock", tmp / "master-key.aes"
     secret.write_bytes(bytes(32))
-    return [qemu] + [a.replace(SOCK, str(sock)).replace(SECRET, str(secret)) for a in template]
+    prefix = [qemu] if isinstance(qemu, str) else list(qemu)
+    return prefix + [a.replace(SOCK, str(sock)).replace(SECRET, str(secret)) for a in template]
 
 
 def _mask(request: dict[str, Any], reply: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -78,8 +79,11 @@ def _mask(request: dict[str, Any], reply: dict[str, Any], tmp: Path) -> dict[str
     return reply
 
 
-def record_session(qemu: str, session: dict[str, Any]) -> list[dict[str, Any]]:
-    """Start real QEMU with the session's command line; [{"request", "reply"}] in order."""
+def record_session(
+    qemu: str | list[str], session: dict[str, Any], mask: bool = True
+) -> list[dict[str, Any]]:
+    """Start real QEMU (or any emulator command, e.g. migemu's, for tests) with the session's
+    command line; [{"request", "reply"}] in order, masked as the data files are."""
     with tempfile.TemporaryDirectory(prefix="record-probe-") as d:
         tmp = Path(d)
         argv = _argv(qemu, session["argv"], tmp)
@@ -100,7 +104,12 @@ def record_session(qemu: str, session: dict[str, Any]) -> list[dict[str, Any]]:
                             break
                     reply.pop("id", None)
                     if request["execute"] != "qmp_capabilities":
-                        out.append({"request": request, "reply": _mask(request, reply, tmp)})
+                        out.append(
+                            {
+                                "request": request,
+                                "reply": _mask(request, reply, tmp) if mask else reply,
+                            }
+                        )
                 return out
             finally:
                 mon.close()

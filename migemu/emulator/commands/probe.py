@@ -176,7 +176,8 @@ def register(machine: Machine) -> None:
         return machine.options.cpus
 
     def cpu_path(i: int) -> str:
-        return f"{CPU_PATH_PREFIX}{i}]"
+        # QEMU creates kvmvapic (device[1]) right after the first vCPU.
+        return f"{CPU_PATH_PREFIX}{i if i == 0 else i + 1}]"
 
     def cpu_props(i: int) -> dict[str, int]:
         return {"core-id": 0, "thread-id": 0, "socket-id": i}
@@ -208,11 +209,13 @@ def register(machine: Machine) -> None:
         ]
 
     def cpu_index(path: str) -> int | None:
-        if path.startswith(CPU_PATH_PREFIX) and path.endswith("]"):
-            text = path[len(CPU_PATH_PREFIX) : -1]
-            if text.isdigit() and int(text) < cpus():
-                return int(text)
+        for i in range(cpus()):
+            if path == cpu_path(i):
+                return i
         return None
+
+    def is_kvmvapic(path: str) -> bool:
+        return cpus() > 0 and path == f"{CPU_PATH_PREFIX}1]"
 
     def qom_list(args: dict[str, Any]) -> Any:
         path = args["path"]
@@ -226,6 +229,8 @@ def register(machine: Machine) -> None:
 
     def qom_get(args: dict[str, Any]) -> Any:
         path, prop = args["path"], args["property"]
+        if is_kvmvapic(path):
+            raise QMPError(f"Property 'kvmvapic.{prop}' not found")
         if cpu_index(path) is None:
             raise QMPError(f"Device '{path}' not found", "DeviceNotFound")
         if view().cpu_model != DEFAULT_CPU_MODEL:
