@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from migemu.emulator.commands.probe import view_from_config
 from migemu.emulator.cmdline import parse_command_line
+from migemu.emulator.commands.probe import view_from_config
 from migemu.tools import record_probe
 
 QEMU = shutil.which("qemu-system-x86_64")
