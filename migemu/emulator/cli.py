@@ -44,6 +44,7 @@ SERVICE_PROVIDERS: tuple[tuple[str, Callable[[VMConfig], bool]], ...] = (
     ("migemu.emulator.hmp.server", lambda c: any(m.mode == "readline" for m in c.monitors)),
     ("migemu.emulator.dashboard.provider", lambda c: c.dashboard is not None),
     ("migemu.emulator.commands.faults", lambda c: bool(c.migemu_faults)),
+    ("migemu.emulator.commands.probe", lambda c: True),  # libvirt's start-up queries
 )
 # ``migemu SUBCOMMAND ...``: tools that are not a QEMU command line, each a module with main().
 SUBCOMMANDS: dict[str, str] = {"dashboard": "migemu.tools.dashboard"}
@@ -93,8 +94,13 @@ def monitor_specs(config: VMConfig) -> list[SocketSpec]:
                 "chardev is not supported; use a unix or tcp socket"
             )
         port = int(chardev.port) if chardev.port is not None else None
+        fd = dict(chardev.options).get("fd")  # libvirt passes a listening socket
+        if fd is not None and not fd.isdigit():
+            raise StartupError(f"-chardev socket,id={chardev.id},fd={fd}: migemu takes fd=N only")
         specs.append(
             SocketSpec(
+                label=chardev.id,
+                fd=int(fd) if fd is not None else None,
                 path=chardev.path,
                 host=chardev.host,
                 port=port,

@@ -82,6 +82,7 @@ class Machine:
         self.shutdown_reason: str | None = None
         self.exit_status = 0
         self.on_shutdown: Callable[[str], None] | None = None
+        self.monitor_endpoints: list[Any] = []  # set by the runtime (query-chardev)
         register_all(self)
 
     @property

@@ -52,6 +52,7 @@ async def serve(
         return QMPSession(machine.dispatcher, version_info())
 
     endpoints = [MonitorEndpoint(spec, new_session, machine.events, loop) for spec in qmp_specs]
+    machine.monitor_endpoints = endpoints  # query-chardev reads their connection state
     try:
         try:
             for endpoint in endpoints:

@@ -21,11 +21,18 @@ from typing import Any
 MODULES: tuple[str, ...] = (
     "sockets",
     "run-state",
+    "block",
+    "char",
+    "tpm",
     "migration",
     "control",
     "introspect",
+    "qom",
+    "qdev",
     "machine",
+    "machine-target",
     "misc",
+    "misc-target",
     "migemu",
 )
 

@@ -401,8 +401,8 @@ def test_migemu_options() -> None:
 
 
 def test_unsupported_qemu_options_are_refused_clearly() -> None:
-    assert error_of("-device", "e1000").message == (
-        f"{PROG}: -device e1000: option not supported by migemu"
+    assert error_of("-netdev", "user,id=n0").message == (
+        f"{PROG}: -netdev user,id=n0: option not supported by migemu"
     )
     assert error_of("-object", "iothread,id=io").message == (
         f"{PROG}: -object iothread,id=io: object type 'iothread' is not supported by migemu"

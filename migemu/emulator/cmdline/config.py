@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from migemu.emulator.cmdline.libvirt_options import DeviceConfig, ObjectConfig
     from migemu.emulator.dashboard.options import DashboardOptions
 
 MIB = 1 << 20
@@ -148,6 +149,13 @@ class VMConfig:
     drives: tuple[tuple[tuple[str, str], ...], ...] = ()  # -drive option pairs
     disk_images: tuple[str, ...] = ()  # bare arguments (QEMU's hda)
     guest: GuestWorkload = field(default_factory=GuestWorkload)
+    # libvirt's options, kept as given (cmdline/libvirt_options.py)
+    devices: tuple[DeviceConfig, ...] = ()
+    objects: tuple[ObjectConfig, ...] = ()  # -object secret
+    audiodevs: tuple[tuple[tuple[str, str], ...], ...] = ()
+    overcommit: tuple[tuple[str, str], ...] = ()
+    boot: str | None = None
+    no_acpi: bool = False
     dashboard: DashboardOptions | None = None  # migemu-only -dashboard HOST:PORT[,...]
     migemu_faults: tuple[str, ...] = ()  # migemu-only -migemu-fault SPEC, raw
     warnings: tuple[str, ...] = ()  # full stderr lines QEMU would print and go on

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from . import libvirt_options
 from .config import (
     MIB,
     AccelConfig,
@@ -429,8 +430,16 @@ def _opt_object(b: _Builder, arg: str, loc: _Loc) -> None:
     if arg == "help":
         types = "".join(f"\n  {name}" for name in sorted(_BACKEND_PROPS))
         raise CmdlineExit("List of user creatable objects:" + types)
-    pairs = b.split(arg, loc, "qom-type")
-    values = last_values(pairs)
+    # -- libvirt: JSON -object and -object secret (libvirt_options.py) --
+    if arg.startswith("{"):
+        kinds = {n: k for props in _BACKEND_PROPS.values() for n, k in props}
+        values = libvirt_options.json_object_values(b, arg, loc, kinds)
+    else:
+        values = last_values(b.split(arg, loc, "qom-type"))
+    if values.get("qom-type") == "secret":
+        libvirt_options.add_secret(b, values, loc)
+        return
+    # -- end libvirt --
     qom_type = values.get("qom-type")
     if qom_type is None:
         raise b.fail("Parameter 'qom-type' is missing", loc)
@@ -573,7 +582,7 @@ def _monitor_option(mode: str, pretty: bool) -> Handler:
 
 def _opt_mon(b: _Builder, arg: str, loc: _Loc) -> None:
     pairs = b.split(arg, loc, "chardev")
-    b.check_keys(pairs, frozenset({"chardev", "mode", "pretty"}), loc)
+    b.check_keys(pairs, frozenset({"chardev", "mode", "pretty", "id"}), loc)
     values = last_values(pairs)
     mode = values.get("mode", "readline")
     if mode not in ("readline", "control"):
@@ -825,18 +834,25 @@ _OPTION_LIST: tuple[OptionSpec, ...] = (
         "HOST:PORT[,writable=on][,url-file=PATH]  (migemu) serve the HTTP dashboard",
     ),
     OptionSpec("migemu-fault", True, _opt_fault, "SPEC  (migemu) inject a migration fault"),
+    # -- libvirt's options (libvirt_options.py) --
+    OptionSpec("device", True, libvirt_options.opt_device, "driver[,prop=value][,...] (stored)"),
+    OptionSpec("audiodev", True, libvirt_options.opt_audiodev, "driver,id=ID[,...] (stored)"),
+    OptionSpec("overcommit", True, libvirt_options.opt_overcommit, "mem-lock=on|off (stored)"),
+    OptionSpec("boot", True, libvirt_options.opt_boot, "[strict=on|off][,...] (stored)"),
+    OptionSpec("no-acpi", False, libvirt_options.opt_no_acpi, "(stored)"),
+    # -- end libvirt --
 )
 
 # Real QEMU options migemu does not emulate: known (so not "invalid option"), then refused.
 _UNSUPPORTED_WITH_ARG = (
-    "numa add-fd set boot mem-path k audio audiodev device fda fdb hda hdb hdc hdd cdrom "
+    "numa add-fd set mem-path k audio fda fdb hda hdb hdc hdd cdrom "
     "blockdev mtdblock sd fsdev virtfs iscsi usbdevice spice rotate vnc acpitable smbios netdev "
     "nic net tpmdev bios pflash kernel append initrd dtb compat fw_cfg parallel debugcon "
-    "overcommit gdb dfilter seed xen-domid action loadvm option-rom icount watchdog-action "
+    "gdb dfilter seed xen-domid action loadvm option-rom icount watchdog-action "
     "echr chroot runas readconfig plugin dump-vmstate"
 ).split()
 _UNSUPPORTED_NO_ARG = (
-    "mem-prealloc audio-help snapshot usb full-screen win2k-hack no-fd-bootchk no-acpi no-hpet "
+    "mem-prealloc audio-help snapshot usb full-screen win2k-hack no-fd-bootchk no-hpet "
     "portrait singlestep preconfig s xen-attach xen-domid-restrict no-reboot only-migratable "
     "enable-sync-profile async-teardown alt-grab ctrl-grab no-quit"
 ).split()
@@ -996,6 +1012,7 @@ def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
             "No VGA device has been created"
         )
     incoming = _check_incoming(b)
+    libvirt_options.finish(b)
     config = VMConfig(
         prog_name=b.prog,
         machine=machine,

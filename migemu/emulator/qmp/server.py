@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class SocketSpec:
     server: bool = True
     wait: bool = False
     stdio: bool = False  # -qmp stdio: the process's stdin/stdout
+    label: str | None = None  # the chardev id (query-chardev)
+    fd: int | None = None  # an inherited, already listening socket (-chardev socket,fd=N)
 
     def describe(self) -> str:
         if self.stdio:
@@ -210,7 +213,21 @@ class MonitorEndpoint:
         if spec.stdio:
             _StdioPipe.open(QMPConnection(self, _StdoutWriter()), self.loop)
             return
-        if spec.server:
+        if spec.server and spec.fd is not None:
+            try:
+                sock = socket.socket(fileno=spec.fd)
+            except OSError as err:
+                raise StartupError(f"chardev fd={spec.fd}: {err.strerror}") from err
+            sock.setblocking(False)
+            if sock.family == socket.AF_UNIX:
+                self.server = await self.loop.create_unix_server(
+                    lambda: QMPConnection(self), sock=sock
+                )
+            else:
+                self.server = await self.loop.create_server(lambda: QMPConnection(self), sock=sock)
+            if spec.wait:
+                await self.first_client.wait()
+        elif spec.server:
             if spec.path is not None:
                 if os.path.exists(spec.path):
                     os.unlink(spec.path)  # as QEMU does before binding a unix listener
