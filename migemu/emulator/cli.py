@@ -151,6 +151,7 @@ def machine_options(config: VMConfig) -> MachineOptions:
     )
     if config.uuid is not None:
         options.uuid = config.uuid
+        options.uuid_set = True
     return options
 
 

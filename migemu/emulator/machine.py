@@ -47,6 +47,7 @@ class MachineOptions:
     machine_type: str = "none"
     name: str | None = None
     uuid: str = "00000000-0000-0000-0000-000000000000"
+    uuid_set: bool = False  # -uuid was given (QEMU's qemu_uuid_set)
     start_paused: bool = False
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)

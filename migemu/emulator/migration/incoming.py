@@ -62,6 +62,7 @@ class IncomingContext:
     # Extra sections this side loads (e.g. the guest vCPU state), after QEMU's own.
     sections: list[SectionSpec] = field(default_factory=list)
     on_section: Callable[[SectionData], None] | None = None
+    uuid_set: bool = False  # -uuid was given: a configuration/uuid must then match it
 
 
 class _Barrier:
@@ -323,6 +324,7 @@ class IncomingMigration:
             machine=self.ctx.machine_type,
             ram_blocks={b.name: b.size for b in self.ctx.ram.blocks},
             sections=[*QEMU_SECTIONS, *self.ctx.sections],
+            uuid=self.ctx.uuid if self.ctx.uuid_set else None,
         )
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)

@@ -96,6 +96,7 @@ class MigrationManager:
             machine_type=machine.stream_machine_type,
             uuid=machine.uuid_bytes,
             device_sections=machine.device_sections(),
+            uuid_set=machine.options.uuid_set,
         )
         if machine.migration.capability("multifd") and not address.multi_channel:
             self.report(f"{machine.prog_name}: multifd is not supported by current protocol")
@@ -166,6 +167,7 @@ class MigrationManager:
             uuid=machine.uuid_bytes,
             sections=machine.incoming_sections(),
             on_section=machine.load_section,
+            uuid_set=machine.options.uuid_set,
         )
         self.incoming_address = address
         self.incoming = IncomingMigration(ctx, listener, self.destination, self._incoming_done)

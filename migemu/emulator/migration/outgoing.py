@@ -66,6 +66,7 @@ class OutgoingContext:
     machine_type: str
     uuid: bytes
     device_sections: list[DeviceSection] = field(default_factory=list)
+    uuid_set: bool = False  # -uuid was given: validate-uuid then sends it (configuration)
 
 
 class MainWriter:
@@ -148,7 +149,8 @@ class OutgoingMigration:
         self.params = dict(ctx.settings.parameters)  # channel settings fixed at start
         self.caps = dict(ctx.settings.capabilities)
         self.multifd = self.caps["multifd"]
-        self.encoder = MainStreamEncoder(ctx.machine_type)
+        send_uuid = ctx.uuid_set and self.caps.get("validate-uuid", False)
+        self.encoder = MainStreamEncoder(ctx.machine_type, ctx.uuid if send_uuid else None)
         self.limiter = RateLimiter(ctx.settings, self.latch)
         self.continue_event = threading.Event()
         self.vm_was_running = False
