@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from migemu import __version__
 from migemu.emulator.dispatch import Dispatcher
 from migemu.emulator.events import EventBus
+from migemu.emulator.monitor_fds import FdSets
 from migemu.emulator.ram import GuestRAM
 from migemu.emulator.runstate import RunState
 from migemu.emulator.vm import VM
@@ -80,6 +81,7 @@ class Machine:
         self.vm.add_listener(self._runstate_changed)
         self.migrations = MigrationManager(self)
         self.dispatcher = Dispatcher()
+        self.fdsets = FdSets(running=lambda: self.vm.state is RunState.RUNNING)
         self.shutdown_reason: str | None = None
         self.exit_status = 0
         self.on_shutdown: Callable[[str], None] | None = None

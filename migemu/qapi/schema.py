@@ -26,6 +26,7 @@ MODULES: tuple[str, ...] = (
     "introspect",
     "machine",
     "misc",
+    "fds",  # getfd..query-fdsets: the end of QEMU's misc.json, kept in a module of its own
     "migemu",
 )
 

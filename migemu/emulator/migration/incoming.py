@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from migemu.emulator.migration import faults
-from migemu.emulator.migration.link import ErrorLatch, ExecSource, Link, Listener
+from migemu.emulator.migration.link import ErrorLatch, ExecSource, FdSource, Link, Listener
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
@@ -195,7 +195,7 @@ class IncomingMigration:
     def __init__(
         self,
         ctx: IncomingContext,
-        listener: Listener | ExecSource,
+        listener: Listener | ExecSource | FdSource,
         sm: MigrationStateMachine,
         on_finish: Callable[[IncomingMigration], None],
     ) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import os
 import select
 import socket
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -130,10 +131,51 @@ class _PipeStream:
         self.proc.wait()
 
 
+class _FileStream:
+    """``fd:`` on a descriptor that is no socket: a file or a pipe (a save file)."""
+
+    write_error = "Unable to write to file"
+    read_error = "Unable to read from file"
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._closed = False
+
+    def send(self, data: Buffer) -> int:
+        return os.write(self.fd, data)
+
+    def recv_into(self, buf: memoryview) -> int:
+        return os.readv(self.fd, [buf])
+
+    def shutdown(self) -> None:
+        pass  # a file has nothing to shut down; close() releases it
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+def fd_stream(fd: int) -> _SocketStream | _FileStream:
+    """The stream of a migration descriptor, as ``qio_channel_new_fd`` picks its channel."""
+    try:
+        is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        is_socket = False
+    if is_socket:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(True)
+        return _SocketStream(sock)
+    return _FileStream(fd)
+
+
 class Link:
     """One migration connection; all IO goes through the latch."""
 
-    def __init__(self, stream: _SocketStream | _PipeStream, latch: ErrorLatch, name: str) -> None:
+    def __init__(
+        self, stream: _SocketStream | _PipeStream | _FileStream, latch: ErrorLatch, name: str
+    ) -> None:
         self.stream = stream
         self.latch = latch
         self.name = name
@@ -247,6 +289,10 @@ def connect(address: MigrationAddress, latch: ErrorLatch, name: str) -> Link:
         fd = os.dup(proc.stdin.fileno())
         proc.stdin.close()
         return Link(_PipeStream(proc, fd), latch, name)
+    if address.kind == "fd":
+        if address.fd < 0:
+            raise ConnectError(f"File descriptor named '{address.path}' has not been found")
+        return Link(fd_stream(address.fd), latch, name)
     if address.kind == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -380,3 +426,36 @@ class ExecSource:
 
     def close(self) -> None:
         self._closed = True
+
+
+class FdSource:
+    """``migrate-incoming fd:N`` / ``-incoming fd:N``: the stream comes from one descriptor
+    (a socket, a file or a pipe). Like ``ExecSource`` it has a single connection and no
+    socket address; the descriptor is the migration's from now on and closed with it."""
+
+    def __init__(self, address: MigrationAddress) -> None:
+        self.address = address
+        self._taken = False
+        self._closed = False
+
+    def socket_address(self) -> dict[str, object] | None:
+        return None
+
+    def wait_pending(self, timeout_s: float) -> bool:
+        return False
+
+    def accept(self, latch: ErrorLatch, name: str) -> Link:
+        latch.check()
+        if self._taken:
+            raise PeerBroken("fd: migration carries a single channel")
+        self._taken = True
+        return Link(fd_stream(self.address.fd), latch, name)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._taken:  # never read: still ours to release
+            self._taken = True
+            with contextlib.suppress(OSError):
+                os.close(self.address.fd)

@@ -9,11 +9,15 @@ the process with status 1, as QEMU does.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from migemu.emulator import monitor_fds
 from migemu.emulator.migration.info import query_migrate
 from migemu.emulator.migration.state import (
     MigrationEvent,
@@ -85,6 +89,12 @@ class MigrationManager:
         except UriError as err:
             self.source.fail(err.desc)
             raise QMPError(err.desc) from err
+        if address.kind == "fd":  # fd_start_outgoing_migration: a getfd name, taken now
+            try:
+                address = dataclasses.replace(address, fd=monitor_fds.take_named(address.path))
+            except QMPError as err:
+                self.source.fail(err.desc)
+                raise
         from migemu.emulator.migration.outgoing import OutgoingContext, OutgoingMigration
 
         ctx = OutgoingContext(
@@ -101,6 +111,9 @@ class MigrationManager:
         if machine.migration.capability("multifd") and not address.multi_channel:
             self.report(f"{machine.prog_name}: multifd is not supported by current protocol")
             self.source.handle(MigrationEvent.ERROR)
+            if address.kind == "fd":  # migrate_fd_cleanup closes the channel
+                with contextlib.suppress(OSError):
+                    os.close(address.fd)
             return
         outgoing = OutgoingMigration(ctx, address, self.source, self.stats, self._outgoing_done)
         self.outgoing = outgoing
@@ -149,13 +162,19 @@ class MigrationManager:
         except UriError as err:
             raise QMPError(err.desc) from err
         from migemu.emulator.migration.incoming import IncomingContext, IncomingMigration
-        from migemu.emulator.migration.link import ConnectError, ExecSource, Listener
+        from migemu.emulator.migration.link import ConnectError, ExecSource, FdSource, Listener
 
-        if address.kind not in ("tcp", "unix", "exec"):
+        if address.kind not in ("tcp", "unix", "exec", "fd"):
             raise QMPError(f"migemu cannot receive a migration over {address.kind}")
-        listener: Listener | ExecSource
+        listener: Listener | ExecSource | FdSource
         try:
-            listener = ExecSource(address) if address.kind == "exec" else Listener(address)
+            if address.kind == "exec":
+                listener = ExecSource(address)
+            elif address.kind == "fd":  # fd_start_incoming_migration: monitor_fd_param
+                address = dataclasses.replace(address, fd=monitor_fds.fd_param(address.path))
+                listener = FdSource(address)
+            else:
+                listener = Listener(address)
         except ConnectError as err:
             raise QMPError(err.desc) from err
         machine = self.machine
