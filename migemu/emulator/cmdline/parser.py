@@ -1213,7 +1213,9 @@ def _check_incoming(b: _Builder) -> IncomingConfig | None:
     if scheme == "exec":
         return IncomingConfig(uri, "exec", command=rest)
     if scheme == "fd":
-        if not rest.isdigit():
+        from migemu.emulator.monitor_fds import parse_fd_number
+
+        if parse_fd_number(rest) is None:  # no monitor yet: a number (monitor_fd_param)
             raise b.fail(f"Invalid file descriptor number '{rest}'", loc)
         return IncomingConfig(uri, "fd", path=rest)
     address = rest.split(",", 1)[0]

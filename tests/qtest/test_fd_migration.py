@@ -1,0 +1,276 @@
+"""fd: migration and the descriptor commands, end to end and against real QEMU 7.2.
+
+``getfd`` receives a descriptor by SCM_RIGHTS on the QMP unix socket; ``migrate fd:NAME``
+writes the stream into it (here a file: a save file, as ``virsh save`` makes); a new process
+started with ``-incoming defer`` and an inherited descriptor restores it with
+``migrate-incoming fd:N``. Each save/restore runs migemu -> QEMU and QEMU -> migemu (and
+migemu -> migemu through a pipe), and the destination RAM must equal the image. The error
+texts of getfd/closefd/add-fd/remove-fd and of bad fd: URIs are compared with QEMU's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import QEMU, VM, Cluster, connect_when_ready, make_image, migemu_cmd, qemu_cmd, sha256
+from qemu.qmp import ExecuteError, QMPClient
+
+pytestmark = pytest.mark.asyncio
+needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+
+MIB = 16
+BINARIES = ["migemu", pytest.param("qemu", marks=needs_qemu)]
+
+
+def binary(name: str) -> list[str]:
+    return qemu_cmd() if name == "qemu" else migemu_cmd()
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "image.ram"
+    make_image(path, MIB, seed=7)
+    return path
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path):
+    c = Cluster(tmp_path)
+    yield c
+    await c.close()
+
+
+async def start_with_fd(
+    cluster: Cluster,
+    name: str,
+    fd: int,
+    argv0: Sequence[str],
+    extra: Sequence[str] = (),
+    incoming: str = "defer",
+) -> VM:
+    """A destination that inherits ``fd`` (as libvirt's restore does), ``-incoming defer``."""
+    sock = cluster.tmp / f"{name}.sock"
+    ram = cluster.tmp / f"{name}.ram"
+    argv = [
+        *argv0,
+        "-machine", "none", "-m", f"{MIB}M",
+        "-object", f"memory-backend-file,id=mem0,size={MIB}M,mem-path={ram},share=on",
+        "-machine", "memory-backend=mem0",
+        "-qmp", f"unix:{sock},server=on,wait=off",
+        "-incoming", incoming,
+        *extra,
+    ]  # fmt: skip
+    log = open(cluster.tmp / f"{name}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,))
+    log.close()
+    qmp = QMPClient(name)
+    vm = VM(name, proc, qmp, sock, ram)
+    cluster.vms.append(vm)
+    await connect_when_ready(qmp, sock, proc, lambda: cluster.log(name))
+    vm._listener = asyncio.create_task(vm.listen())
+    return vm
+
+
+async def getfd(vm: VM, fd: int, name: str) -> None:
+    vm.qmp.send_fd_scm(fd)
+    await vm.cmd("getfd", {"fdname": name})
+
+
+async def save(src: VM, fd: int) -> dict[str, Any]:
+    """virsh save: getfd "migrate", then migrate fd:migrate; the source ends paused."""
+    await src.cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+    await getfd(src, fd, "migrate")
+    await src.cmd("migrate", {"uri": "fd:migrate"})
+    return await src.wait_status(["completed", "failed"])
+
+
+async def restore(dst: VM, fd: int) -> dict[str, Any]:
+    await dst.cmd("migrate-incoming", {"uri": f"fd:{fd}"})
+    return await dst.wait_status(["completed", "failed"])
+
+
+@pytest.mark.parametrize(
+    "src_bin,dst_bin",
+    [
+        ("migemu", "migemu"),
+        pytest.param("migemu", "qemu", marks=needs_qemu),
+        pytest.param("qemu", "migemu", marks=needs_qemu),
+    ],
+)
+async def test_save_to_file_and_restore(cluster, tmp_path, image, src_bin, dst_bin):
+    src = await cluster.start("src", mem_mib=MIB, image=image, share=False, binary=binary(src_bin))
+    save_file = tmp_path / "guest.save"
+    fd = os.open(save_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        info = await save(src, fd)
+    finally:
+        os.close(fd)  # the source holds its own copy; ours goes
+    assert info["status"] == "completed", info
+    assert (await src.cmd("query-status"))["status"] == "postmigrate"
+    # the name was used up by migrate, as in QEMU
+    with pytest.raises(ExecuteError, match="File descriptor named 'migrate' not found"):
+        await src.cmd("closefd", {"fdname": "migrate"})
+    data = save_file.read_bytes()
+    assert data[:4] == b"QEVM"
+
+    fd = os.open(save_file, os.O_RDONLY)
+    try:
+        dst = await start_with_fd(cluster, "dst", fd, binary(dst_bin))
+        assert (await restore(dst, fd))["status"] == "completed"
+    finally:
+        os.close(fd)
+    assert sha256(dst.ram) == sha256(image)
+    assert (await dst.cmd("query-status"))["status"] == "running"
+
+
+async def test_restore_from_incoming_fd_on_the_command_line(cluster, tmp_path, image):
+    src = await cluster.start("src", mem_mib=MIB, image=image, share=False)
+    save_file = tmp_path / "guest.save"
+    fd = os.open(save_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        assert (await save(src, fd))["status"] == "completed"
+    finally:
+        os.close(fd)
+    fd = os.open(save_file, os.O_RDONLY)
+    try:
+        dst = await start_with_fd(cluster, "dst", fd, migemu_cmd(), incoming=f"fd:{fd}")
+        assert (await dst.wait_status(["completed", "failed"]))["status"] == "completed"
+    finally:
+        os.close(fd)
+    assert sha256(dst.ram) == sha256(image)
+    assert "socket-address" not in await dst.cmd("query-migrate")
+
+
+async def test_save_through_a_pipe(cluster, image):
+    """The stream may go into a pipe (``virsh save`` through its iohelper); migemu on both
+    ends, the destination reading the inherited read end (pass_fds keeps its number)."""
+    src = await cluster.start("src", mem_mib=MIB, image=image, share=False)
+    rfd, wfd = os.pipe()
+    try:
+        dst = await start_with_fd(cluster, "dst", rfd, migemu_cmd())
+        await dst.cmd("migrate-incoming", {"uri": f"fd:{rfd}"})
+        os.close(rfd)
+        rfd = -1
+        info = await save(src, wfd)
+        os.close(wfd)
+        wfd = -1
+        assert info["status"] == "completed", info
+        assert (await dst.wait_status(["completed", "failed"]))["status"] == "completed"
+    finally:
+        for fd in (rfd, wfd):
+            if fd >= 0:
+                os.close(fd)
+    assert sha256(dst.ram) == sha256(image)
+
+
+async def answer(vm: VM, name: str, args: dict[str, Any] | None = None) -> Any:
+    """The command's return value, or ("error", class, desc)."""
+    try:
+        return await vm.cmd(name, args)
+    except ExecuteError as err:
+        error = err.received["error"]
+        return ("error", error["class"], error["desc"])
+
+
+def without_fd_numbers(value: Any) -> Any:
+    """Descriptor numbers differ between two processes; everything else must not."""
+    if isinstance(value, dict):
+        return {k: ("N" if k == "fd" else without_fd_numbers(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_fd_numbers(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(re.sub(r"fd:\d+", "fd:N", v) if isinstance(v, str) else v for v in value)
+    return value
+
+
+async def fd_command_transcript(vm: VM, tmp: Path) -> list[Any]:
+    out: list[Any] = []
+    spare = os.open(tmp / "spare", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+
+        async def with_fd(name: str, args: dict[str, Any]) -> Any:
+            vm.qmp.send_fd_scm(spare)
+            return await answer(vm, name, args)
+
+        out.append(await answer(vm, "getfd", {"fdname": "a"}))
+        out.append(await with_fd("getfd", {"fdname": "1a"}))
+        out.append(await with_fd("getfd", {"fdname": "a"}))
+        out.append(await with_fd("getfd", {"fdname": "a"}))  # replaces the first
+        out.append(await answer(vm, "closefd", {"fdname": "a"}))
+        out.append(await answer(vm, "closefd", {"fdname": "a"}))
+        out.append(await answer(vm, "add-fd", {}))
+        out.append(await with_fd("add-fd", {"fdset-id": -1}))
+        out.append(await with_fd("add-fd", {"fdset-id": 3, "opaque": "three"}))
+        out.append(await with_fd("add-fd", {"fdset-id": 3}))
+        out.append(await with_fd("add-fd", {}))
+        out.append(await with_fd("add-fd", {}))
+        out.append(await answer(vm, "query-fdsets"))
+        out.append(await answer(vm, "remove-fd", {"fdset-id": 3, "fd": 100000}))
+        out.append(await answer(vm, "remove-fd", {"fdset-id": 7}))
+        out.append(await answer(vm, "remove-fd", {"fdset-id": 3}))
+        out.append(await answer(vm, "query-fdsets"))
+        out.append(await answer(vm, "migrate", {"uri": "fd:nothing"}))
+        info = await vm.cmd("query-migrate")
+        out.append({k: info.get(k) for k in ("status", "error-desc")})
+        out.append(await answer(vm, "migrate", {"uri": "fd:3"}))
+    finally:
+        os.close(spare)
+    return out
+
+
+@needs_qemu
+async def test_fd_command_errors_match_qemu(cluster, tmp_path):
+    transcripts = []
+    for name in ("migemu", "qemu"):
+        vm = await cluster.start(name, mem_mib=MIB, binary=binary(name))
+        transcripts.append(without_fd_numbers(await fd_command_transcript(vm, tmp_path)))
+    ours, qemus = transcripts
+    assert ours == qemus
+    assert ours[0] == ("error", "GenericError", "No file descriptor supplied via SCM_RIGHTS")
+
+
+async def incoming_transcript(vm: VM) -> list[Any]:
+    out = [
+        await answer(vm, "migrate-incoming", {"uri": "fd:nothing"}),
+        await answer(vm, "migrate-incoming", {"uri": "fd:12x"}),
+        await answer(vm, "migrate-incoming", {"uri": "fd:-1"}),
+    ]
+    info = await vm.cmd("query-migrate")
+    out.append(info.get("status"))
+    return out
+
+
+@needs_qemu
+async def test_incoming_fd_errors_match_qemu(cluster):
+    ours = await incoming_transcript(await cluster.start("m", incoming="defer", mem_mib=MIB))
+    qemus = await incoming_transcript(
+        await cluster.start("q", incoming="defer", mem_mib=MIB, binary=qemu_cmd())
+    )
+    assert ours == qemus
+    assert ours[1] == ("error", "GenericError", "Invalid file descriptor number '12x'")
+
+
+@pytest.mark.parametrize("name", BINARIES)
+async def test_multifd_is_refused_on_fd(cluster, tmp_path, name):
+    """With fd: 7.2 uses no multifd channel: the migration fails at once (no error-desc)."""
+    vm = await cluster.start(name, mem_mib=MIB, binary=binary(name))
+    await vm.cmd(
+        "migrate-set-capabilities", {"capabilities": [{"capability": "multifd", "state": True}]}
+    )
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        await getfd(vm, fd, "migrate")
+    finally:
+        os.close(fd)
+    await vm.cmd("migrate", {"uri": "fd:migrate"})
+    info = await vm.wait_status(["failed", "completed"])
+    assert info["status"] == "failed" and "error-desc" not in info
+    assert (await vm.cmd("query-status"))["status"] == "running"
+    assert "multifd is not supported by current protocol" in cluster.log(name)
