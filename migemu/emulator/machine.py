@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from migemu import __version__
 from migemu.emulator.dispatch import Dispatcher
 from migemu.emulator.events import EventBus
+from migemu.emulator.migration.throttle import CpuThrottle
 from migemu.emulator.monitor_fds import FdSets
 from migemu.emulator.ram import GuestRAM
 from migemu.emulator.runstate import RunState
@@ -77,6 +78,7 @@ class Machine:
         self.migration.incoming = lambda: self.vm.state is RunState.INMIGRATE
         self._dirty: dict[str, DirtyBitmap] | None = None
         self.workload: Workload | None = None
+        self.cpu_throttle = CpuThrottle()  # auto-converge's; the workload follows it
         self.set_guest(options.guest)
         self.vm.add_listener(self._runstate_changed)
         self.migrations = MigrationManager(self)
@@ -134,8 +136,10 @@ class Machine:
             raise QMPError(str(err)) from err
         old, self.workload = self.workload, workload
         if old is not None:
+            self.cpu_throttle.unsubscribe(old.set_throttle)
             old.stop()
         if workload is not None:
+            self.cpu_throttle.subscribe(workload.set_throttle)
             if not self.vm.running:
                 workload.pause()  # before start(): a stopped VM's vCPU must not write at all
             workload.start()

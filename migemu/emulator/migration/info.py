@@ -171,6 +171,7 @@ def query_migrate(
     destination: MigrationStateMachine | None = None,
     socket_address: Sequence[Mapping[str, Any]] | None = None,
     blocked_reasons: Sequence[str] = (),
+    cpu_throttle_percentage: int | None = None,
 ) -> dict[str, Any]:
     """``build_query_migrate`` over the live objects, read once each."""
     return build_query_migrate(
@@ -182,4 +183,5 @@ def query_migrate(
         ),
         socket_address=socket_address,
         blocked_reasons=blocked_reasons,
+        cpu_throttle_percentage=cpu_throttle_percentage,
     )

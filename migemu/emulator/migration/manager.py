@@ -107,6 +107,7 @@ class MigrationManager:
             uuid=machine.uuid_bytes,
             device_sections=machine.device_sections(),
             uuid_set=machine.options.uuid_set,
+            throttle=machine.cpu_throttle,
         )
         if machine.migration.capability("multifd") and not address.multi_channel:
             self.report(f"{machine.prog_name}: multifd is not supported by current protocol")
@@ -210,7 +211,14 @@ class MigrationManager:
         sockets = None
         if incoming is not None and self.destination.status is not MigrationStatus.COMPLETED:
             sockets = incoming.socket_address()
-        return query_migrate(self.source, self.stats, self.destination, sockets)
+        throttle = self.machine.cpu_throttle
+        return query_migrate(
+            self.source,
+            self.stats,
+            self.destination,
+            sockets,
+            cpu_throttle_percentage=throttle.percentage if throttle.active else None,
+        )
 
     def shutdown(self, join_timeout_s: float = 10.0) -> None:
         """The machine is going away: end every migration thread's IO and wait for the

@@ -31,6 +31,7 @@ from migemu.emulator.migration.link import ConnectError, ErrorLatch, Link, conne
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.migration.stats import MigrationStats
+from migemu.emulator.migration.throttle import AutoConverge, CpuThrottle
 from migemu.emulator.migration.uri import MigrationAddress
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
 from migemu.emulator.runstate import RunState
@@ -67,6 +68,7 @@ class OutgoingContext:
     uuid: bytes
     device_sections: list[DeviceSection] = field(default_factory=list)
     uuid_set: bool = False  # -uuid was given: validate-uuid then sends it (configuration)
+    throttle: CpuThrottle | None = None  # the vCPU throttle auto-converge drives
 
 
 class MainWriter:
@@ -151,6 +153,11 @@ class OutgoingMigration:
         self.multifd = self.caps["multifd"]
         send_uuid = ctx.uuid_set and self.caps.get("validate-uuid", False)
         self.encoder = MainStreamEncoder(ctx.machine_type, ctx.uuid if send_uuid else None)
+        self.auto_converge = (
+            AutoConverge(ctx.throttle)
+            if ctx.throttle is not None and self.caps.get("auto-converge")
+            else None
+        )
         self.limiter = RateLimiter(ctx.settings, self.latch)
         self.continue_event = threading.Event()
         self.vm_was_running = False
@@ -208,6 +215,8 @@ class OutgoingMigration:
         self.sm.fail(reason)
 
     def _cleanup(self) -> None:
+        if self.ctx.throttle is not None:  # migration_iteration_finish: cpu_throttle_stop
+            self.ctx.throttle.stop()
         if self.pool is not None:
             self.pool.stop()
         if self.main is not None:
@@ -278,6 +287,9 @@ class OutgoingMigration:
             new += int(np.count_nonzero(mask & ~self.pending[block.name]))
             self.pending[block.name] |= mask
         n = self.stats.bitmap_sync(new)
+        period = self.stats.last_period
+        if self.auto_converge is not None and period is not None:
+            self.auto_converge.period_ended(*period, self.ctx.settings.parameters)
         if self.ctx.settings.capability("events"):
             self.ctx.events.emit("MIGRATION_PASS", {"pass": n})
 
