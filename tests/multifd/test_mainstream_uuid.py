@@ -58,7 +58,8 @@ def test_other_uuid_fails_with_qemus_text() -> None:
         MainStreamDecoder(uuid=U2).feed(encode_file_header("none", U1) + b"\x00")
     assert err.value.desc == (
         "UUID received is 11111111-1111-1111-1111-111111111111 "
-        "and local is 22222222-2222-2222-2222-222222222222"
+        "and local is 22222222-2222-2222-2222-222222222222\n"
+        "load of migration failed: Invalid argument"
     )
 
 

@@ -201,7 +201,10 @@ class MigrationManager:
             incoming.error is not None and self.destination.status is MigrationStatus.NONE
         )
         if failed and not incoming.cancelled:
-            self.report(f"{self.machine.prog_name}: {incoming.error}")
+            # One error_report line per line of the error (a vmstate load failure is the
+            # device's own line, then "load of migration failed: ...").
+            for line in str(incoming.error).splitlines():
+                self.report(f"{self.machine.prog_name}: {line}")
             self.machine.request_exit(1)
 
     # -- query ------------------------------------------------------------------------------

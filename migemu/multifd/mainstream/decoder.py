@@ -262,7 +262,8 @@ class MainStreamDecoder:
             if name == "configuration/uuid" and self.uuid is not None and body != self.uuid:
                 raise ProtocolError(
                     f"UUID received is {uuidlib.UUID(bytes=bytes(body))} "
-                    f"and local is {uuidlib.UUID(bytes=self.uuid)}"
+                    f"and local is {uuidlib.UUID(bytes=self.uuid)}\n"
+                    "load of migration failed: Invalid argument"
                 )
         if machine != self.machine:
             raise ProtocolError(
