@@ -274,3 +274,17 @@ async def test_multifd_is_refused_on_fd(cluster, tmp_path, name):
     assert info["status"] == "failed" and "error-desc" not in info
     assert (await vm.cmd("query-status"))["status"] == "running"
     assert "multifd is not supported by current protocol" in cluster.log(name)
+
+
+@needs_qemu
+async def test_hmp_getfd_closefd_match_qemu(cluster):
+    """Through human-monitor-command (a fresh HMP monitor: no descriptor, empty table)."""
+    lines = ["getfd foo", "closefd foo", "getfd", "getfd 1x", "help getfd", "help closefd"]
+    answers = []
+    for name in ("migemu", "qemu"):
+        vm = await cluster.start(name, mem_mib=MIB, binary=binary(name))
+        answers.append(
+            [await vm.cmd("human-monitor-command", {"command-line": line}) for line in lines]
+        )
+    assert answers[0] == answers[1]
+    assert answers[0][0] == "Error: No file descriptor supplied via SCM_RIGHTS\r\n"
