@@ -288,3 +288,42 @@ async def test_hmp_getfd_closefd_match_qemu(cluster):
         )
     assert answers[0] == answers[1]
     assert answers[0][0] == "Error: No file descriptor supplied via SCM_RIGHTS\r\n"
+
+
+ADD_FD_ERRORS = ["fd=1,set=2", "set=2", "fd=FD", "fd=x", "fd=FD,foo=1", "fd=99,set=1"]
+
+
+def startup_error(argv0: list[str], option: str, fd: int) -> str:
+    proc = subprocess.run(
+        [*argv0, "-machine", "none", "-add-fd", option.replace("FD", str(fd))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1
+    return proc.stderr.split(": ", 1)[1]  # without the program name
+
+
+@needs_qemu
+@pytest.mark.parametrize("option", ADD_FD_ERRORS)
+async def test_add_fd_option_errors_match_qemu(tmp_path, option):
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert startup_error(migemu_cmd(), option, fd) == startup_error(qemu_cmd(), option, fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", BINARIES)
+async def test_add_fd_option_fills_the_fdset(cluster, tmp_path, name):
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        vm = await start_with_fd(
+            cluster, name, fd, binary(name), ["-add-fd", f"fd={fd},set=4,opaque=disk"]
+        )
+    finally:
+        os.close(fd)
+    sets = await vm.cmd("query-fdsets")
+    assert without_fd_numbers(sets) == [{"fdset-id": 4, "fds": [{"fd": "N", "opaque": "disk"}]}]
