@@ -327,3 +327,69 @@ async def test_add_fd_option_fills_the_fdset(cluster, tmp_path, name):
         os.close(fd)
     sets = await vm.cmd("query-fdsets")
     assert without_fd_numbers(sets) == [{"fdset-id": 4, "fds": [{"fd": "N", "opaque": "disk"}]}]
+
+
+async def pipe_migration(cluster: Cluster, src: VM, name: str) -> tuple[VM, int]:
+    """A migemu destination reading the read end of a new pipe; the source holds the write
+    end as getfd "migrate". Returns the destination and the write end (still ours too)."""
+    rfd, wfd = os.pipe()
+    try:
+        dst = await start_with_fd(cluster, name, rfd, migemu_cmd(), incoming=f"fd:{rfd}")
+    finally:
+        os.close(rfd)
+    src.qmp.send_fd_scm(wfd)
+    await src.cmd("getfd", {"fdname": "migrate"})
+    return dst, wfd
+
+
+async def test_fault_on_a_pipe_then_recovery(cluster, tmp_path, image):
+    """The fault matrix's close-main on an fd: migration: the source fails with the file
+    channel's text, did no IO after the error, runs on with its RAM unchanged; the
+    destination exits 1; a new fd: migration then completes with identical RAM."""
+    live = tmp_path / "live.ram"
+    live.write_bytes(image.read_bytes())
+    src = await cluster.start("src", mem_mib=MIB, image=live, share=True)
+    await src.cmd("migrate-set-parameters", {"max-bandwidth": 8 << 20, "downtime-limit": 1})
+    dst, wfd = await pipe_migration(cluster, src, "dst1")
+    os.close(wfd)
+    await src.cmd("x-migemu-inject-fault", {"spec": "close-main,at=iterate"})
+    await src.cmd("migrate", {"uri": "fd:migrate"})
+    info = await src.wait_status(["failed", "completed", "cancelled"])
+    assert info["status"] == "failed", info
+    assert info["error-desc"] == "Unable to write to file: Broken pipe"
+    assert await dst.wait_exit() == 1
+    assert (await src.cmd("query-status"))["status"] == "running"
+    links = await src.cmd("x-migemu-query-links")
+    mine = [link for link in links if link["migration"] == max(x["migration"] for x in links)]
+    assert len(mine) == 1 and mine[0]["io-after-error"] == 0, mine
+    assert sha256(live) == sha256(image)
+    await src.cmd("x-migemu-clear-faults")
+
+    await src.cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40, "downtime-limit": 300})
+    dst2, wfd = await pipe_migration(cluster, src, "dst2")
+    os.close(wfd)
+    await src.cmd("migrate", {"uri": "fd:migrate"})
+    assert (await src.wait_status(["completed", "failed"]))["status"] == "completed"
+    assert (await dst2.wait_status(["completed", "failed"]))["status"] == "completed"
+    assert sha256(dst2.ram) == sha256(image)
+
+
+async def test_cancel_ends_a_stalled_pipe(cluster, image):
+    """Nobody reads the pipe: the source blocks on a full pipe, and migrate_cancel still
+    ends the migration (the file stream polls, so a shutdown is seen)."""
+    src = await cluster.start("src", mem_mib=MIB, image=image, share=False)
+    await src.cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+    rfd, wfd = os.pipe()
+    try:
+        await getfd(src, wfd, "migrate")
+        await src.cmd("migrate", {"uri": "fd:migrate"})
+        info = await src.wait_status(["active"])
+        assert info["status"] == "active"
+        await src.cmd("migrate_cancel")
+        assert (await src.wait_status(["cancelled", "failed", "completed"])) == {
+            "status": "cancelled"
+        }
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+    assert (await src.cmd("query-status"))["status"] == "running"

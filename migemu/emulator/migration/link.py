@@ -11,6 +11,7 @@ pipes, with QEMU 7.2's error texts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
@@ -27,6 +28,8 @@ from migemu.emulator.unixsock import owner_only
 from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken
 
 Buffer = bytes | bytearray | memoryview
+FILE_POLL_MS = 100  # a file/pipe transfer notices a shutdown within this
+FILE_CHUNK = 1 << 20  # bytes per write(2) on a file or pipe
 
 
 class ErrorLatch:
@@ -132,7 +135,16 @@ class _PipeStream:
 
 
 class _FileStream:
-    """``fd:`` on a descriptor that is no socket: a file or a pipe (a save file)."""
+    """``fd:`` on a descriptor that is no socket: a file or a pipe (a save file).
+
+    The descriptor's file description may be shared with the process that passed it, so it
+    stays blocking (O_NONBLOCK would change it for that process too). A regular file never
+    blocks for long; on a pipe every read and write first polls with a short timeout and
+    writes at most PIPE_BUF bytes (which a pipe reported writable takes without blocking),
+    so that ``shutdown()`` (the latch firing, a cancel) ends a transfer that a stalled pipe
+    would otherwise block forever. After it, writes fail with EPIPE and reads see EOF, as on
+    a shut-down socket.
+    """
 
     write_error = "Unable to write to file"
     read_error = "Unable to read from file"
@@ -140,17 +152,39 @@ class _FileStream:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._closed = False
+        self._shut = False
+        try:
+            self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            self._regular = False
+        self._chunk = FILE_CHUNK if self._regular else select.PIPE_BUF
+
+    def _ready(self, events: int) -> bool:
+        """Wait until the descriptor is ready; False once shut down."""
+        if self._regular:
+            return not self._shut
+        poller = select.poll()
+        poller.register(self.fd, events)
+        while not self._shut:
+            if poller.poll(FILE_POLL_MS):
+                return True
+        return False
 
     def send(self, data: Buffer) -> int:
-        return os.write(self.fd, data)
+        if not self._ready(select.POLLOUT):
+            raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
+        return os.write(self.fd, memoryview(data)[: self._chunk])
 
     def recv_into(self, buf: memoryview) -> int:
+        if not self._ready(select.POLLIN):
+            return 0
         return os.readv(self.fd, [buf])
 
     def shutdown(self) -> None:
-        pass  # a file has nothing to shut down; close() releases it
+        self._shut = True
 
     def close(self) -> None:
+        self._shut = True
         if not self._closed:
             self._closed = True
             with contextlib.suppress(OSError):
