@@ -280,12 +280,21 @@ async def test_multifd_is_refused_on_fd(cluster, tmp_path, name):
 async def test_hmp_getfd_closefd_match_qemu(cluster):
     """Through human-monitor-command (a fresh HMP monitor: no descriptor, empty table)."""
     lines = ["getfd foo", "closefd foo", "getfd", "getfd 1x", "help getfd", "help closefd"]
+    # a name given on the QMP monitor is that monitor's: HMP does not see it
+    lines += ["closefd qmpname", "migrate fd:qmpname"]
     answers = []
     for name in ("migemu", "qemu"):
         vm = await cluster.start(name, mem_mib=MIB, binary=binary(name))
+        r, w = os.pipe()
+        try:
+            await getfd(vm, w, "qmpname")
+        finally:
+            os.close(r)
+            os.close(w)
         answers.append(
             [await vm.cmd("human-monitor-command", {"command-line": line}) for line in lines]
         )
+        await vm.cmd("closefd", {"fdname": "qmpname"})  # still there on QMP
     assert answers[0] == answers[1]
     assert answers[0][0] == "Error: No file descriptor supplied via SCM_RIGHTS\r\n"
 

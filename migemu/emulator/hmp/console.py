@@ -142,23 +142,10 @@ def _simple(qmp_name: str, arg: str | None = None) -> Callable[[HMPConsole, dict
     return run
 
 
-def _fd_command(qmp_name: str) -> Callable[[HMPConsole, dict[str, Any]], str]:
-    """getfd/closefd: the HMP monitor's own descriptor table, and no descriptor received
-    (migemu's HMP transports do not read SCM_RIGHTS; ``human-monitor-command`` runs in a
-    fresh monitor in QEMU too, so its getfd finds none either)."""
-
-    def run(con: HMPConsole, a: dict[str, Any]) -> str:
-        ctx = _HMP_FDS.setdefault(con, MonitorFdContext(NamedFds()))
-        token = monitor_fds.current_monitor.set(ctx)
-        try:
-            con.qmp(qmp_name, {"fdname": a["fdname"]})
-        finally:
-            monitor_fds.current_monitor.reset(token)
-        return ""
-
-    return run
-
-
+# Each HMP console is a monitor of its own for descriptors (getfd, closefd, migrate fd:):
+# its own table and no descriptor received (migemu's HMP transports do not read
+# SCM_RIGHTS; ``human-monitor-command`` runs in a fresh monitor in QEMU too, so its getfd
+# finds none either).
 _HMP_FDS: weakref.WeakKeyDictionary[HMPConsole, MonitorFdContext] = weakref.WeakKeyDictionary()
 
 
@@ -176,7 +163,7 @@ COMMANDS: tuple[HMPCommand, ...] = (
         "name",
         (("fdname", "s"),),
         "close a file descriptor previously passed via SCM rights",
-        _fd_command("closefd"),
+        _simple("closefd", "fdname"),
         needs="closefd",
     ),
     HMPCommand("cont|c", "", (), "resume emulation", _simple("cont")),
@@ -185,7 +172,7 @@ COMMANDS: tuple[HMPCommand, ...] = (
         "name",
         (("fdname", "s"),),
         "receive a file descriptor via SCM rights and assign it a name",
-        _fd_command("getfd"),
+        _simple("getfd", "fdname"),
         needs="getfd",
     ),
     HMPCommand("help|?", "[cmd]", (("name", "S?"),), "show the help", _help),
@@ -462,6 +449,9 @@ class HMPConsole:
             if name in QEMU_COMMANDS:
                 return f"Error: migemu does not emulate the HMP command '{name}'\n"
             return f"unknown command: '{line[:end]}'\n"
+        token = monitor_fds.current_monitor.set(
+            _HMP_FDS.setdefault(self, MonitorFdContext(NamedFds()))
+        )
         try:
             args = parse_args(cmd, line[_skip_space(line, end) :], cmd.name)
             return cmd.run(self, args)
@@ -469,6 +459,8 @@ class HMPConsole:
             return f'{err}\nTry "help {line[:end]}" for more information\n'
         except QMPError as err:
             return f"Error: {err.desc}\n"
+        finally:
+            monitor_fds.current_monitor.reset(token)
 
     def _help(self, text: str) -> str:
         """help_cmd: the whole table, one command, ``info``'s table or one subcommand."""
