@@ -16,11 +16,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from migemu.emulator.guest.zero import clear_nonzero_pages
 from migemu.emulator.migration import faults
 from migemu.emulator.migration.link import ErrorLatch, ExecSource, FdSource, Link, Listener
+from migemu.emulator.migration.postcopy_incoming import IncomingPostcopy
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
@@ -31,6 +34,8 @@ from migemu.multifd.init import INIT_ERROR_PREFIX, MultiFDInit, check_init
 from migemu.multifd.mainstream import MainStreamDecoder
 from migemu.multifd.mainstream.records import (
     QEMU_SECTIONS,
+    VMEOF,
+    Command,
     GlobalState,
     RamEOS,
     RamPage,
@@ -39,8 +44,11 @@ from migemu.multifd.mainstream.records import (
     SectionSpec,
     VMDescription,
 )
-from migemu.multifd.receiver import ChannelDecoder, ReceivedPacket
+from migemu.multifd.receiver import ChannelDecoder, DirectPayload, ReceivedPacket, offset_runs
 from migemu.multifd.sync import RecvSync
+
+if TYPE_CHECKING:
+    from migemu.emulator.guest.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,9 @@ class IncomingContext:
     sections: list[SectionSpec] = field(default_factory=list)
     on_section: Callable[[SectionData], None] | None = None
     uuid_set: bool = False  # -uuid was given: a configuration/uuid must then match it
+    # The guest's vCPU, which waits for missing pages in postcopy (None: no guest).
+    workload: Callable[[], Workload | None] | None = None
+    report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
 
 
 class _Barrier:
@@ -122,13 +133,7 @@ class _ZeroBatch:
         assert block is not None  # the decoder checked the name
         pages = np.asarray(self.offsets, dtype=np.int64) // PAGE_SIZE
         self.offsets = []
-        words = np.frombuffer(block.mem, dtype=np.uint64).reshape(block.pages, PAGE_SIZE // 8)
-        try:
-            dirty = pages[words[pages].any(axis=1)]
-            if len(dirty):
-                words[dirty] = 0
-        finally:
-            del words  # release the buffer export: the mmap must stay closable
+        clear_nonzero_pages(block, pages)
 
 
 class RecvChannel:
@@ -149,10 +154,15 @@ class RecvChannel:
         mig = self.mig
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
+        decoder = self.decoder
         try:
             while True:
-                n = self.link.recv_into(view[: max(READ_CHUNK, self.decoder.needed())])
-                records = self.decoder.feed(view[:n]) if n else self.decoder.feed_eof()
+                # Raw pages (method none) go straight from the socket into guest RAM: read
+                # just the header, then the payload into its pages (QEMU's recv thread does
+                # the same). Compressed payloads are read in large chunks and decoded.
+                size = decoder.needed() if decoder.raw else 0
+                n = self.link.recv_into(view[: size or max(READ_CHUNK, decoder.needed())])
+                records = decoder.feed(view[:n]) if n else decoder.feed_eof()
                 # Apply the whole chunk before honouring a SYNC. The decoder pauses after
                 # the SYNC packet, the list's last record; checking ``paused`` after the
                 # first record let the barrier go with this epoch's packets unapplied, and
@@ -161,18 +171,38 @@ class RecvChannel:
                 while True:
                     for record in records:
                         self._apply(record)  # type: ignore[arg-type]
-                    if not self.decoder.paused:
+                    if (direct := decoder.begin_direct()) is not None:
+                        self._place(direct)
+                        records = decoder.end_direct()
+                        continue
+                    if not decoder.paused:
                         break
                     mig.barrier.channel_synced(self.id, self.decoder_packet_num)
-                    self.decoder.release()
-                    records = self.decoder.feed(b"")
+                    decoder.release()
+                    records = decoder.feed(b"")
                 if n == 0:
                     return
         except MultiFDError as err:
+            decoder.fail_direct(err)
             mig.latch.fail(err)
         except Exception as err:
             log.exception("multifd receive channel %d failed", self.id)
             mig.latch.fail(MultiFDError(f"multifd {self.id}: internal error: {err!r}"))
+
+    def _place(self, direct: DirectPayload) -> None:
+        """Read a raw payload into the packet's pages: the buffered prefix by one copy per
+        run, the rest by the socket straight into RAM."""
+        block = self.mig.ctx.ram.block(direct.header.ramblock)
+        assert block is not None  # the decoder checked the name
+        prefix = memoryview(direct.prefix)
+        with memoryview(block.mem) as mem:
+            for offset, size in offset_runs(direct.header.offsets[: direct.header.normal_pages]):
+                take = min(size, len(prefix))
+                if take:
+                    mem[offset : offset + take] = prefix[:take]
+                    prefix = prefix[take:]
+                if take < size:
+                    self.link.recv_exactly_into(mem[offset + take : offset + size])
 
     decoder_packet_num = 0
 
@@ -180,7 +210,7 @@ class RecvChannel:
         self.decoder_packet_num = packet.packet_num
         faults.on_received_packet(self.id)
         header = packet.header
-        if not header.normal_pages:
+        if not header.normal_pages or packet.placed:
             return
         block = self.mig.ctx.ram.block(header.ramblock)
         assert block is not None  # the decoder checked the name
@@ -214,6 +244,7 @@ class IncomingMigration:
         self.source_runstate: str | None = None
         self.error: str | None = None
         self.cancelled = False  # the machine is shutting down: not a migration failure
+        self.postcopy = IncomingPostcopy(self)  # return path and postcopy state
         self.thread = threading.Thread(target=self._run, name="migration_incoming", daemon=True)
 
     def start(self) -> None:
@@ -250,6 +281,7 @@ class IncomingMigration:
         self.main = self.listener.accept(self.latch, "main")
         self.multifd = self.ctx.settings.capability("multifd")
         if not self.multifd:
+            self.postcopy.accept_preempt(self.listener)  # with postcopy-preempt
             return
         wanted = self.ctx.settings.get("multifd-channels")
         self.barrier = _Barrier(wanted, self.latch)
@@ -326,13 +358,31 @@ class IncomingMigration:
             sections=[*QEMU_SECTIONS, *self.ctx.sections],
             uuid=self.ctx.uuid if self.ctx.uuid_set else None,
         )
+        while True:
+            try:
+                self._load_stream(decoder)
+                return
+            except MultiFDError as err:
+                if not self.postcopy.can_pause():
+                    raise
+                # postcopy_pause_incoming: keep the guest and its pages, wait for a recovery
+                self.postcopy.pause(err)
+                decoder.resume_at_top()
+
+    def _load_stream(self, decoder: MainStreamDecoder) -> None:
+        """Load records from the main channel until the stream is complete."""
+        assert self.main is not None
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         zeros = _ZeroBatch(self.ctx.ram)
+        postcopy = self.postcopy
         while True:
             n = self.main.recv_into(view)
             records = decoder.feed(view[:n]) if n else decoder.feed_eof()
             for record in records:
+                if postcopy.listening and isinstance(record, (RamPage, RamZero)):
+                    postcopy.place(record)
+                    continue
                 if isinstance(record, RamZero) and record.fill == 0:
                     zeros.add(record)
                     continue
@@ -365,11 +415,18 @@ class IncomingMigration:
         elif isinstance(record, SectionData):
             if self.ctx.on_section is not None:
                 self.ctx.on_section(record)
+        elif isinstance(record, Command):
+            self.postcopy.command(record)
+        elif isinstance(record, VMEOF):
+            return self.postcopy.listening  # postcopy: no VM description follows
         elif isinstance(record, VMDescription):
             return True
         return False
 
     def _finish_ok(self) -> None:
+        if self.postcopy.listening:
+            self.postcopy.finish_ok()
+            return
         vm = self.ctx.vm
         runstate = self.source_runstate
         if runstate is None or runstate == RunState.RUNNING.value:
@@ -380,6 +437,7 @@ class IncomingMigration:
         else:
             vm.set_state(RunState(runstate))
         self.sm.handle(MigrationEvent.COMPLETE)
+        self.postcopy.finish_ok()  # SHUT(0) on the return path, if there is one
 
     def _finish_failed(self) -> None:
         err = self.latch.error
@@ -388,6 +446,7 @@ class IncomingMigration:
 
     def _cleanup(self) -> None:
         self.latch.fail(ChannelClosed("incoming migration finished"))
+        self.postcopy.close_preempt()
         for channel in self.channels:
             if channel.thread.is_alive():
                 channel.thread.join()
