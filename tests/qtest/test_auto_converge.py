@@ -51,9 +51,14 @@ async def start_guest(cluster: Cluster, name: str, binary: str, extra: Sequence[
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     qmp = QMPClient(name)
-    vm = VM(name, proc, qmp, sock, None)
+    try:
+        await connect_when_ready(qmp, sock, proc, lambda: cluster.log(name))
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    vm = VM.adopt(name, proc, qmp, sock, None, workdir=cluster.tmp)
     cluster.vms.append(vm)
-    await connect_when_ready(qmp, sock, proc, lambda: cluster.log(name))
     return vm
 
 

@@ -10,7 +10,6 @@ texts of getfd/closefd/add-fd/remove-fd and of bad fd: URIs are compared with QE
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -71,10 +70,14 @@ async def start_with_fd(
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,))
     log.close()
     qmp = QMPClient(name)
-    vm = VM(name, proc, qmp, sock, ram)
+    try:
+        await connect_when_ready(qmp, sock, proc, lambda: cluster.log(name))
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    vm = VM.adopt(name, proc, qmp, sock, ram, workdir=cluster.tmp)
     cluster.vms.append(vm)
-    await connect_when_ready(qmp, sock, proc, lambda: cluster.log(name))
-    vm._listener = asyncio.create_task(vm.listen())
     return vm
 
 
