@@ -9,6 +9,8 @@ exist, as QEMU does, so that a parent that waits for the command sees sockets re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import importlib
 import logging
 import os
@@ -157,6 +159,7 @@ def machine_options(config: VMConfig) -> MachineOptions:
     )
     if config.uuid is not None:
         options.uuid = config.uuid
+        options.uuid_set = True
     return options
 
 
@@ -218,6 +221,13 @@ def run(config: VMConfig) -> int:
         ram.close()
         print(f"{prog}: {err}", file=sys.stderr)
         return 1
+    # -add-fd: a close-on-exec duplicate joins the set, then the inherited one is closed.
+    for entry in config.add_fds:
+        dup = fcntl.fcntl(entry.fd, fcntl.F_DUPFD_CLOEXEC, 0)
+        machine.fdsets.add(dup, entry.set, entry.opaque)
+    for entry in config.add_fds:
+        with contextlib.suppress(OSError):
+            os.close(entry.fd)
     pidfile = config.pidfile
 
     def ready() -> None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from migemu import __version__
 from migemu.emulator.dispatch import Dispatcher
 from migemu.emulator.events import EventBus
+from migemu.emulator.migration.throttle import CpuThrottle
+from migemu.emulator.monitor_fds import FdSets
 from migemu.emulator.ram import GuestRAM
 from migemu.emulator.runstate import RunState
 from migemu.emulator.vm import VM
@@ -47,6 +49,7 @@ class MachineOptions:
     machine_type: str = "none"
     name: str | None = None
     uuid: str = "00000000-0000-0000-0000-000000000000"
+    uuid_set: bool = False  # -uuid was given (QEMU's qemu_uuid_set)
     start_paused: bool = False
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)
@@ -75,10 +78,12 @@ class Machine:
         self.migration.incoming = lambda: self.vm.state is RunState.INMIGRATE
         self._dirty: dict[str, DirtyBitmap] | None = None
         self.workload: Workload | None = None
+        self.cpu_throttle = CpuThrottle()  # auto-converge's; the workload follows it
         self.set_guest(options.guest)
         self.vm.add_listener(self._runstate_changed)
         self.migrations = MigrationManager(self)
         self.dispatcher = Dispatcher()
+        self.fdsets = FdSets(running=lambda: self.vm.state is RunState.RUNNING)
         self.shutdown_reason: str | None = None
         self.exit_status = 0
         self.on_shutdown: Callable[[str], None] | None = None
@@ -132,8 +137,10 @@ class Machine:
             raise QMPError(str(err)) from err
         old, self.workload = self.workload, workload
         if old is not None:
+            self.cpu_throttle.unsubscribe(old.set_throttle)
             old.stop()
         if workload is not None:
+            self.cpu_throttle.subscribe(workload.set_throttle)
             if not self.vm.running:
                 workload.pause()  # before start(): a stopped VM's vCPU must not write at all
             workload.start()

@@ -32,6 +32,7 @@ MODULES: tuple[str, ...] = (
     "machine",
     "machine-target",
     "misc",
+    "fds",  # getfd..query-fdsets: the end of QEMU's misc.json, kept in a module of its own
     "misc-target",
     "migemu",
 )

@@ -108,6 +108,15 @@ class GuestWorkload:
 
 
 @dataclass(frozen=True)
+class AddFdConfig:
+    """``-add-fd fd=N,set=S[,opaque=TEXT]``: an inherited descriptor for fd set S."""
+
+    fd: int
+    set: int
+    opaque: str | None = None
+
+
+@dataclass(frozen=True)
 class VMConfig:
     prog_name: str  # basename of argv[0], the prefix of every message
     machine: MachineConfig
@@ -117,6 +126,7 @@ class VMConfig:
     monitors: tuple[MonitorConfig, ...] = ()  # -qmp, -monitor and -mon, in order
     serials: tuple[SerialConfig, ...] = ()
     incoming: IncomingConfig | None = None  # the last -incoming
+    add_fds: tuple[AddFdConfig, ...] = ()  # -add-fd, in order
     globals: tuple[GlobalProperty, ...] = ()
     accels: tuple[AccelConfig, ...] = ()  # -accel options, in order
     accelerator: str = "tcg"  # the one QEMU would use: the first valid of -accel / accel=

@@ -24,6 +24,7 @@ from . import libvirt_options
 from .config import (
     MIB,
     AccelConfig,
+    AddFdConfig,
     ChardevConfig,
     GlobalProperty,
     GuestWorkload,
@@ -279,6 +280,7 @@ class _Builder:
     monitors: list[tuple[MonitorConfig, _Loc]] = field(default_factory=list)
     serials: list[tuple[SerialConfig, _Loc]] = field(default_factory=list)
     incoming: tuple[str, _Loc] | None = None
+    add_fds: list[tuple[dict[str, str], _Loc]] = field(default_factory=list)
     globals: list[GlobalProperty] = field(default_factory=list)
     accels: list[tuple[AccelConfig, _Loc]] = field(default_factory=list)
     compat_monitors: int = 0
@@ -648,6 +650,38 @@ def _opt_accel(b: _Builder, arg: str, loc: _Loc) -> None:
     b.accels.append((AccelConfig(name, tuple(values.items())), loc))  # type: ignore[arg-type]
 
 
+def _opt_add_fd(b: _Builder, arg: str, loc: _Loc) -> None:
+    pairs = b.split(arg, loc, None)
+    for pair in pairs:
+        b.check_keys([pair], frozenset({"fd", "set", "opaque"}), loc)
+        if pair.key in ("fd", "set"):
+            _qemuopts_number(b, pair.key, pair.value, loc)
+    b.add_fds.append((last_values(pairs), loc))
+
+
+def _check_add_fds(b: _Builder) -> tuple[AddFdConfig, ...]:
+    """parse_add_fd, run early in qemu_init: the descriptor must be inherited (no
+    FD_CLOEXEC: every descriptor QEMU opens itself has it), not stdio, with a set."""
+    out = []
+    for values, loc in b.add_fds:
+        fd = int(values["fd"], 0) if "fd" in values else -1
+        fdset = int(values["set"], 0) if "set" in values else -1
+        if fd < 0:
+            raise b.fail("fd option is required and must be non-negative", loc)
+        if fd <= 2:
+            raise b.fail("fd cannot be a standard I/O stream", loc)
+        try:
+            inherited = os.get_inheritable(fd)
+        except OSError:
+            inherited = False
+        if not inherited:
+            raise b.fail("fd is not valid or already in use", loc)
+        if fdset < 0:
+            raise b.fail("set option is required and must be non-negative", loc)
+        out.append(AddFdConfig(fd, fdset, values.get("opaque")))
+    return tuple(out)
+
+
 def _opt_name(b: _Builder, arg: str, loc: _Loc) -> None:
     pairs = b.split(arg, loc, "guest")
     b.check_keys(pairs, frozenset({"guest", "process", "debug-threads"}), loc)
@@ -792,6 +826,7 @@ _OPTION_LIST: tuple[OptionSpec, ...] = (
     OptionSpec("enable-kvm", False, _opt_enable_kvm, "same as -machine accel=kvm"),
     OptionSpec("cpu", True, _store("cpu"), "cpu model (stored)"),
     OptionSpec("smp", True, _store("smp"), "cpu topology (stored)"),
+    OptionSpec("add-fd", True, _opt_add_fd, "fd=fd,set=set[,opaque=opaque]"),
     OptionSpec("name", True, _opt_name, "string1[,process=string2][,debug-threads=on|off]"),
     OptionSpec("uuid", True, _opt_uuid, "%08x-%04x-%04x-%04x-%012x"),
     OptionSpec("S", False, _flag("start_paused"), "freeze CPU at startup"),
@@ -845,7 +880,7 @@ _OPTION_LIST: tuple[OptionSpec, ...] = (
 
 # Real QEMU options migemu does not emulate: known (so not "invalid option"), then refused.
 _UNSUPPORTED_WITH_ARG = (
-    "numa add-fd set mem-path k audio fda fdb hda hdb hdc hdd cdrom "
+    "numa set mem-path k audio fda fdb hda hdb hdc hdd cdrom "
     "blockdev mtdblock sd fsdev virtfs iscsi usbdevice spice rotate vnc acpitable smbios netdev "
     "nic net tpmdev bios pflash kernel append initrd dtb compat fw_cfg parallel debugcon "
     "gdb dfilter seed xen-domid action loadvm option-rom icount watchdog-action "
@@ -968,6 +1003,7 @@ def _attach(err: CmdlineError, b: _Builder) -> None:
 
 def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
     """Step 3: checks across options, in QEMU's order."""
+    add_fds = _check_add_fds(b)  # qemu_process_early_options
     machine = _check_machine(b)
     vga = b.values.get("vga")
     if isinstance(vga, str) and vga not in VGA_TYPES:
@@ -1022,6 +1058,7 @@ def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
         monitors=tuple(m for m, _ in b.monitors),
         serials=tuple(s for s, _ in b.serials),
         incoming=incoming,
+        add_fds=add_fds,
         globals=tuple(b.globals),
         accels=tuple(a for a, _ in b.accels),
         accelerator=accelerator,
@@ -1230,7 +1267,9 @@ def _check_incoming(b: _Builder) -> IncomingConfig | None:
     if scheme == "exec":
         return IncomingConfig(uri, "exec", command=rest)
     if scheme == "fd":
-        if not rest.isdigit():
+        from migemu.emulator.monitor_fds import parse_fd_number
+
+        if parse_fd_number(rest) is None:  # no monitor yet: a number (monitor_fd_param)
             raise b.fail(f"Invalid file descriptor number '{rest}'", loc)
         return IncomingConfig(uri, "fd", path=rest)
     address = rest.split(",", 1)[0]

@@ -48,6 +48,9 @@ MATERIAL_WORDS = PAGE_SIZE // 8
 TICK_S = 0.002
 # Longest single clock.sleep(), so stop() and set_rate() take effect promptly on a real clock.
 MAX_SLEEP_S = 0.02
+# auto-converge's throttle (cpu-throttle.c): the vCPU runs this long, then sleeps
+# pct / (100 - pct) times as long.
+THROTTLE_TIMESLICE_S = 0.010
 # If the vCPU falls behind its rate (a slow host), it forgives debt beyond this many seconds'
 # worth of pages instead of bursting to catch up.
 MAX_BACKLOG_S = 0.25
@@ -103,6 +106,9 @@ class Workload(ABC):
         self._pause_requested = False
         self._stopping = False
         self._rebase = True
+        self._throttle_pct = 0
+        self._slice_start: float | None = None  # start of the running timeslice (throttled)
+        self._throttled_until = 0.0
         self.pages_written = 0
         self.error: BaseException | None = None  # what killed the thread, if anything
         # A postcopy destination's missing pages (guest/presence.py): the vCPU waits for a
@@ -162,6 +168,21 @@ class Workload(ABC):
             self._rebase = True
             self._cond.notify_all()
 
+    def set_throttle(self, pct: int) -> None:
+        """auto-converge: run only ``100 - pct`` percent of the time (0: not throttled)."""
+        if not 0 <= pct < 100:
+            raise WorkloadError(f"throttle of {pct}% out of range")
+        with self._cond:
+            self._throttle_pct = pct
+            self._slice_start = None
+            self._throttled_until = 0.0
+            self._rebase = True
+            self._cond.notify_all()
+
+    @property
+    def throttle(self) -> int:
+        return self._throttle_pct
+
     @property
     def rate(self) -> int | None:
         return self._rate
@@ -206,10 +227,17 @@ class Workload(ABC):
                 if self._stopping:
                     return
                 now = self._clock.monotonic()
-                if self._rebase:
+                throttled_s = self._throttle_wait(now)
+                if throttled_s > 0:
+                    # Asleep; the rate restarts when it wakes: no catching up afterwards.
+                    self._rebase = True
+                elif self._rebase:
                     base_t, base_n, self._rebase = now, self.pages_written, False
                 rate = self._rate
-                if rate is None:
+                if throttled_s > 0:
+                    due = 0
+                    wait_s = min(throttled_s, MAX_SLEEP_S)
+                elif rate is None:
                     due = self.batch_pages
                 else:
                     done = self.pages_written - base_n
@@ -231,9 +259,35 @@ class Workload(ABC):
                     self.pages_written += k
                     if rate is not None:
                         continue
+                if throttled_s == 0 and self._throttle_pct:
+                    # What was due is written: the end of a timeslice starts the nap.
+                    nap_s = self._throttle_slice_over(now)
+                    if nap_s > 0:
+                        self._rebase = True
+                        wait_s = min(nap_s, MAX_SLEEP_S)
             # At full speed, sleep(0) after each batch hands the GIL to a waiting thread
             # (QMP, qtest, multifd senders) now instead of after the 5 ms switch interval.
             self._clock.sleep(max(wait_s, 0.0))
+
+    def _throttle_wait(self, now: float) -> float:
+        """Seconds the throttle keeps the vCPU asleep from ``now`` (0: it may run; a new
+        timeslice starts then)."""
+        if self._throttle_pct == 0:
+            return 0.0
+        if now < self._throttled_until:
+            return self._throttled_until - now
+        if self._slice_start is None:
+            self._slice_start = now
+        return 0.0
+
+    def _throttle_slice_over(self, now: float) -> float:
+        """If the running timeslice is used up: the nap's length, and it begins."""
+        pct = self._throttle_pct
+        if self._slice_start is None or now - self._slice_start < THROTTLE_TIMESLICE_S:
+            return 0.0
+        self._throttled_until = now + THROTTLE_TIMESLICE_S * pct / (100 - pct)
+        self._slice_start = None
+        return self._throttled_until - now
 
     @abstractmethod
     def _write(self, n: int) -> None:

@@ -9,10 +9,12 @@ monitor writes). Errors print as ``Error: <desc>``; argument errors as QEMU's mo
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from migemu.emulator import monitor_fds
 from migemu.emulator.hmp import info
 from migemu.emulator.hmp.qemu_help import HELP_TEXT, INFO_HELP_TEXT
 from migemu.emulator.hmp.values import (
@@ -24,6 +26,7 @@ from migemu.emulator.hmp.values import (
     parse_uint,
 )
 from migemu.emulator.migration.state import MigrationStatus
+from migemu.emulator.monitor_fds import MonitorFdContext, NamedFds
 from migemu.qapi.errors import QMPError
 
 if TYPE_CHECKING:
@@ -139,6 +142,13 @@ def _simple(qmp_name: str, arg: str | None = None) -> Callable[[HMPConsole, dict
     return run
 
 
+# Each HMP console is a monitor of its own for descriptors (getfd, closefd, migrate fd:):
+# its own table and no descriptor received (migemu's HMP transports do not read
+# SCM_RIGHTS; ``human-monitor-command`` runs in a fresh monitor in QEMU too, so its getfd
+# finds none either).
+_HMP_FDS: weakref.WeakKeyDictionary[HMPConsole, MonitorFdContext] = weakref.WeakKeyDictionary()
+
+
 def _help(con: HMPConsole, a: dict[str, Any]) -> str:
     return con.help_text(a.get("name"))
 
@@ -148,7 +158,23 @@ def _info(con: HMPConsole, a: dict[str, Any]) -> str:
 
 
 COMMANDS: tuple[HMPCommand, ...] = (
+    HMPCommand(
+        "closefd",
+        "name",
+        (("fdname", "s"),),
+        "close a file descriptor previously passed via SCM rights",
+        _simple("closefd", "fdname"),
+        needs="closefd",
+    ),
     HMPCommand("cont|c", "", (), "resume emulation", _simple("cont")),
+    HMPCommand(
+        "getfd",
+        "name",
+        (("fdname", "s"),),
+        "receive a file descriptor via SCM rights and assign it a name",
+        _simple("getfd", "fdname"),
+        needs="getfd",
+    ),
     HMPCommand("help|?", "[cmd]", (("name", "S?"),), "show the help", _help),
     HMPCommand(
         "info", "[subcommand]", (), "show various information about the system state", _info
@@ -441,6 +467,9 @@ class HMPConsole:
             if name in QEMU_COMMANDS:
                 return f"Error: migemu does not emulate the HMP command '{name}'\n"
             return f"unknown command: '{line[:end]}'\n"
+        token = monitor_fds.current_monitor.set(
+            _HMP_FDS.setdefault(self, MonitorFdContext(NamedFds()))
+        )
         try:
             args = parse_args(cmd, line[_skip_space(line, end) :], cmd.name)
             return cmd.run(self, args)
@@ -448,6 +477,8 @@ class HMPConsole:
             return f'{err}\nTry "help {line[:end]}" for more information\n'
         except QMPError as err:
             return f"Error: {err.desc}\n"
+        finally:
+            monitor_fds.current_monitor.reset(token)
 
     def _help(self, text: str) -> str:
         """help_cmd: the whole table, one command, ``info``'s table or one subcommand."""

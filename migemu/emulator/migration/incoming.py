@@ -22,7 +22,7 @@ import numpy as np
 
 from migemu.emulator.guest.zero import clear_nonzero_pages
 from migemu.emulator.migration import faults
-from migemu.emulator.migration.link import ErrorLatch, ExecSource, Link, Listener
+from migemu.emulator.migration.link import ErrorLatch, ExecSource, FdSource, Link, Listener
 from migemu.emulator.migration.postcopy_incoming import IncomingPostcopy
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
@@ -70,6 +70,7 @@ class IncomingContext:
     # Extra sections this side loads (e.g. the guest vCPU state), after QEMU's own.
     sections: list[SectionSpec] = field(default_factory=list)
     on_section: Callable[[SectionData], None] | None = None
+    uuid_set: bool = False  # -uuid was given: a configuration/uuid must then match it
     # The guest's vCPU, which waits for missing pages in postcopy (None: no guest).
     workload: Callable[[], Workload | None] | None = None
     report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
@@ -224,7 +225,7 @@ class IncomingMigration:
     def __init__(
         self,
         ctx: IncomingContext,
-        listener: Listener | ExecSource,
+        listener: Listener | ExecSource | FdSource,
         sm: MigrationStateMachine,
         on_finish: Callable[[IncomingMigration], None],
     ) -> None:
@@ -355,6 +356,7 @@ class IncomingMigration:
             machine=self.ctx.machine_type,
             ram_blocks={b.name: b.size for b in self.ctx.ram.blocks},
             sections=[*QEMU_SECTIONS, *self.ctx.sections],
+            uuid=self.ctx.uuid if self.ctx.uuid_set else None,
         )
         while True:
             try:

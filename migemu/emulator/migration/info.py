@@ -178,6 +178,7 @@ def query_migrate(
     destination: MigrationStateMachine | None = None,
     socket_address: Sequence[Mapping[str, Any]] | None = None,
     blocked_reasons: Sequence[str] = (),
+    cpu_throttle_percentage: int | None = None,
     postcopy_blocktime: tuple[int, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """``build_query_migrate`` over the live objects, read once each."""
@@ -190,5 +191,6 @@ def query_migrate(
         ),
         socket_address=socket_address,
         blocked_reasons=blocked_reasons,
+        cpu_throttle_percentage=cpu_throttle_percentage,
         postcopy_blocktime=postcopy_blocktime,
     )

@@ -11,9 +11,11 @@ pipes, with QEMU 7.2's error texts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -26,6 +28,8 @@ from migemu.emulator.unixsock import owner_only
 from migemu.multifd.errors import UNEXPECTED_EOF, ChannelClosed, MultiFDError, PeerBroken
 
 Buffer = bytes | bytearray | memoryview
+FILE_POLL_MS = 100  # a file/pipe transfer notices a shutdown within this
+FILE_CHUNK = 1 << 20  # bytes per write(2) on a file or pipe
 
 
 class ErrorLatch:
@@ -130,10 +134,82 @@ class _PipeStream:
         self.proc.wait()
 
 
+class _FileStream:
+    """``fd:`` on a descriptor that is no socket: a file or a pipe (a save file).
+
+    The descriptor's file description may be shared with the process that passed it, so it
+    stays blocking (O_NONBLOCK would change it for that process too). A regular file never
+    blocks for long; on a pipe every read and write first polls with a short timeout and
+    writes at most PIPE_BUF bytes (which a pipe reported writable takes without blocking),
+    so that ``shutdown()`` (the latch firing, a cancel) ends a transfer that a stalled pipe
+    would otherwise block forever. After it, writes fail with EPIPE and reads see EOF, as on
+    a shut-down socket.
+    """
+
+    write_error = "Unable to write to file"
+    read_error = "Unable to read from file"
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._closed = False
+        self._shut = False
+        try:
+            self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            self._regular = False
+        self._chunk = FILE_CHUNK if self._regular else select.PIPE_BUF
+
+    def _ready(self, events: int) -> bool:
+        """Wait until the descriptor is ready; False once shut down."""
+        if self._regular:
+            return not self._shut
+        poller = select.poll()
+        poller.register(self.fd, events)
+        while not self._shut:
+            if poller.poll(FILE_POLL_MS):
+                return True
+        return False
+
+    def send(self, data: Buffer) -> int:
+        if not self._ready(select.POLLOUT):
+            raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
+        return os.write(self.fd, memoryview(data)[: self._chunk])
+
+    def recv_into(self, buf: memoryview) -> int:
+        if not self._ready(select.POLLIN):
+            return 0
+        return os.readv(self.fd, [buf])
+
+    def shutdown(self) -> None:
+        self._shut = True
+
+    def close(self) -> None:
+        self._shut = True
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+def fd_stream(fd: int) -> _SocketStream | _FileStream:
+    """The stream of a migration descriptor, as ``qio_channel_new_fd`` picks its channel."""
+    try:
+        is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        is_socket = False
+    if is_socket:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(True)
+        return _SocketStream(sock)
+    return _FileStream(fd)
+
+
 class Link:
     """One migration connection; all IO goes through the latch."""
 
-    def __init__(self, stream: _SocketStream | _PipeStream, latch: ErrorLatch, name: str) -> None:
+    def __init__(
+        self, stream: _SocketStream | _PipeStream | _FileStream, latch: ErrorLatch, name: str
+    ) -> None:
         self.stream = stream
         self.latch = latch
         self.name = name
@@ -257,6 +333,10 @@ def connect(address: MigrationAddress, latch: ErrorLatch, name: str) -> Link:
         fd = os.dup(proc.stdin.fileno())
         proc.stdin.close()
         return Link(_PipeStream(proc, fd), latch, name)
+    if address.kind == "fd":
+        if address.fd < 0:
+            raise ConnectError(f"File descriptor named '{address.path}' has not been found")
+        return Link(fd_stream(address.fd), latch, name)
     if address.kind == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -390,3 +470,36 @@ class ExecSource:
 
     def close(self) -> None:
         self._closed = True
+
+
+class FdSource:
+    """``migrate-incoming fd:N`` / ``-incoming fd:N``: the stream comes from one descriptor
+    (a socket, a file or a pipe). Like ``ExecSource`` it has a single connection and no
+    socket address; the descriptor is the migration's from now on and closed with it."""
+
+    def __init__(self, address: MigrationAddress) -> None:
+        self.address = address
+        self._taken = False
+        self._closed = False
+
+    def socket_address(self) -> dict[str, object] | None:
+        return None
+
+    def wait_pending(self, timeout_s: float) -> bool:
+        return False
+
+    def accept(self, latch: ErrorLatch, name: str) -> Link:
+        latch.check()
+        if self._taken:
+            raise PeerBroken("fd: migration carries a single channel")
+        self._taken = True
+        return Link(fd_stream(self.address.fd), latch, name)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._taken:  # never read: still ours to release
+            self._taken = True
+            with contextlib.suppress(OSError):
+                os.close(self.address.fd)

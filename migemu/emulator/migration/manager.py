@@ -9,11 +9,15 @@ the process with status 1, as QEMU does.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from migemu.emulator import monitor_fds
 from migemu.emulator.migration.info import query_migrate
 from migemu.emulator.migration.state import (
     MigrationEvent,
@@ -86,6 +90,12 @@ class MigrationManager:
         except UriError as err:
             self.source.fail(err.desc)
             raise QMPError(err.desc) from err
+        if address.kind == "fd":  # fd_start_outgoing_migration: a getfd name, taken now
+            try:
+                address = dataclasses.replace(address, fd=monitor_fds.take_named(address.path))
+            except QMPError as err:
+                self.source.fail(err.desc)
+                raise
         from migemu.emulator.migration.outgoing import OutgoingContext, OutgoingMigration
 
         ctx = OutgoingContext(
@@ -97,11 +107,16 @@ class MigrationManager:
             machine_type=machine.stream_machine_type,
             uuid=machine.uuid_bytes,
             device_sections=machine.device_sections(),
+            uuid_set=machine.options.uuid_set,
+            throttle=machine.cpu_throttle,
             report=lambda text: self.report(f"{machine.prog_name}: {text}"),
         )
         if machine.migration.capability("multifd") and not address.multi_channel:
             self.report(f"{machine.prog_name}: multifd is not supported by current protocol")
             self.source.handle(MigrationEvent.ERROR)
+            if address.kind == "fd":  # migrate_fd_cleanup closes the channel
+                with contextlib.suppress(OSError):
+                    os.close(address.fd)
             return
         outgoing = OutgoingMigration(ctx, address, self.source, self.stats, self._outgoing_done)
         self.outgoing = outgoing
@@ -206,13 +221,19 @@ class MigrationManager:
         except UriError as err:
             raise QMPError(err.desc) from err
         from migemu.emulator.migration.incoming import IncomingContext, IncomingMigration
-        from migemu.emulator.migration.link import ConnectError, ExecSource, Listener
+        from migemu.emulator.migration.link import ConnectError, ExecSource, FdSource, Listener
 
-        if address.kind not in ("tcp", "unix", "exec"):
+        if address.kind not in ("tcp", "unix", "exec", "fd"):
             raise QMPError(f"migemu cannot receive a migration over {address.kind}")
-        listener: Listener | ExecSource
+        listener: Listener | ExecSource | FdSource
         try:
-            listener = ExecSource(address) if address.kind == "exec" else Listener(address)
+            if address.kind == "exec":
+                listener = ExecSource(address)
+            elif address.kind == "fd":  # fd_start_incoming_migration: monitor_fd_param
+                address = dataclasses.replace(address, fd=monitor_fds.fd_param(address.path))
+                listener = FdSource(address)
+            else:
+                listener = Listener(address)
         except ConnectError as err:
             raise QMPError(err.desc) from err
         machine = self.machine
@@ -224,6 +245,7 @@ class MigrationManager:
             uuid=machine.uuid_bytes,
             sections=machine.incoming_sections(),
             on_section=machine.load_section,
+            uuid_set=machine.options.uuid_set,
             workload=lambda: machine.workload,
             report=lambda text: self.report(f"{machine.prog_name}: {text}"),
         )
@@ -239,7 +261,10 @@ class MigrationManager:
             incoming.error is not None and self.destination.status is MigrationStatus.NONE
         )
         if failed and not incoming.cancelled:
-            self.report(f"{self.machine.prog_name}: {incoming.error}")
+            # One error_report line per line of the error (a vmstate load failure is the
+            # device's own line, then "load of migration failed: ...").
+            for line in str(incoming.error).splitlines():
+                self.report(f"{self.machine.prog_name}: {line}")
             self.machine.request_exit(1)
 
     # -- query ------------------------------------------------------------------------------
@@ -254,8 +279,14 @@ class MigrationManager:
             ms = incoming.postcopy.blocktime_ms()
             if ms is not None:  # QEMU's blocktime context exists once postcopy was advised
                 blocktime = (ms, [ms])  # one emulated vCPU
+        throttle = self.machine.cpu_throttle
         return query_migrate(
-            self.source, self.stats, self.destination, sockets, postcopy_blocktime=blocktime
+            self.source,
+            self.stats,
+            self.destination,
+            sockets,
+            postcopy_blocktime=blocktime,
+            cpu_throttle_percentage=throttle.percentage if throttle.active else None,
         )
 
     def shutdown(self, join_timeout_s: float = 10.0) -> None:

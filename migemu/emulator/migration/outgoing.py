@@ -32,6 +32,7 @@ from migemu.emulator.migration.postcopy_outgoing import OutgoingPostcopy
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.migration.stats import MigrationStats
+from migemu.emulator.migration.throttle import AutoConverge, CpuThrottle
 from migemu.emulator.migration.uri import MigrationAddress
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
 from migemu.emulator.runstate import RunState
@@ -67,6 +68,8 @@ class OutgoingContext:
     machine_type: str
     uuid: bytes
     device_sections: list[DeviceSection] = field(default_factory=list)
+    uuid_set: bool = False  # -uuid was given: validate-uuid then sends it (configuration)
+    throttle: CpuThrottle | None = None  # the vCPU throttle auto-converge drives
     report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
 
 
@@ -150,7 +153,13 @@ class OutgoingMigration:
         self.params = dict(ctx.settings.parameters)  # channel settings fixed at start
         self.caps = dict(ctx.settings.capabilities)
         self.multifd = self.caps["multifd"]
-        self.encoder = MainStreamEncoder(ctx.machine_type)
+        send_uuid = ctx.uuid_set and self.caps.get("validate-uuid", False)
+        self.encoder = MainStreamEncoder(ctx.machine_type, ctx.uuid if send_uuid else None)
+        self.auto_converge = (
+            AutoConverge(ctx.throttle)
+            if ctx.throttle is not None and self.caps.get("auto-converge")
+            else None
+        )
         self.limiter = RateLimiter(ctx.settings, self.latch)
         self.continue_event = threading.Event()
         self.vm_was_running = False
@@ -213,6 +222,8 @@ class OutgoingMigration:
         self.sm.fail(reason)
 
     def _cleanup(self) -> None:
+        if self.ctx.throttle is not None:  # migration_iteration_finish: cpu_throttle_stop
+            self.ctx.throttle.stop()
         if self.pool is not None:
             self.pool.stop()
         if self.main is not None:
@@ -292,6 +303,9 @@ class OutgoingMigration:
             new += int(np.count_nonzero(mask & ~self.pending[block.name]))
             self.pending[block.name] |= mask
         n = self.stats.bitmap_sync(new)
+        period = self.stats.last_period
+        if self.auto_converge is not None and period is not None:
+            self.auto_converge.period_ended(*period, self.ctx.settings.parameters)
         if self.ctx.settings.capability("events"):
             self.ctx.events.emit("MIGRATION_PASS", {"pass": n})
 

@@ -113,6 +113,10 @@ class MigrationStats:
         # RAMState's dirty-rate period
         self._time_last_bitmap_sync_ms = 0
         self._num_dirty_pages_period = 0
+        self._bytes_xfer_prev = 0
+        # (bytes dirtied, bytes transferred) of the period the last bitmap_sync ended, if
+        # it ended one: auto-converge's input (migration_trigger_throttle).
+        self.last_period: tuple[int, int] | None = None
 
     # -- derived inputs, lock held ---------------------------------------------------------
 
@@ -273,7 +277,13 @@ class MigrationStats:
             if not self._time_last_bitmap_sync_ms:
                 self._time_last_bitmap_sync_ms = now
             self._num_dirty_pages_period += new_dirty_pages
+            self.last_period = None
             if now > self._time_last_bitmap_sync_ms + DIRTY_RATE_PERIOD_MS:
+                self.last_period = (
+                    self._num_dirty_pages_period * self._page_size,
+                    self._transferred - self._bytes_xfer_prev,
+                )
+                self._bytes_xfer_prev = self._transferred
                 self._dirty_pages_rate = (
                     self._num_dirty_pages_period * 1000 // (now - self._time_last_bitmap_sync_ms)
                 )

@@ -34,7 +34,8 @@ class UnknownProtocol(UriError):
 
 @dataclass(frozen=True)
 class MigrationAddress:
-    """Where a migration goes or comes from. ``kind``: tcp, unix, exec or vsock."""
+    """Where a migration goes or comes from. ``kind``: tcp, unix, exec, vsock or fd (``path``
+    is then the name or number after ``fd:``; ``fd`` the descriptor once it was looked up)."""
 
     kind: str
     host: str = ""
@@ -43,6 +44,7 @@ class MigrationAddress:
     command: str = ""
     ipv4: bool = False
     ipv6: bool = False
+    fd: int = -1
 
     def describe(self) -> str:
         """The address as QEMU names it in connect errors (``host:port`` or the path)."""
@@ -100,8 +102,9 @@ def parse_uri(uri: str) -> MigrationAddress:
     if uri.startswith("exec:"):
         return MigrationAddress("exec", command=uri[5:])
     if uri.startswith("fd:"):
-        # migemu has no getfd: no descriptor is ever registered under a name.
-        raise UriError(f"File descriptor named '{uri[3:]}' has not been found")
+        # The name is looked up by the caller: the source takes a getfd name, the
+        # destination a name or a descriptor number (``monitor_fds``).
+        return MigrationAddress("fd", path=uri[3:])
     raise UnknownProtocol("Parameter 'uri' expects a valid migration protocol")
 
 

@@ -5,6 +5,8 @@ accepted by the kernel but gets its greeting only when the first one leaves, and
 client starts a fresh session (greeting, negotiation). Bytes go to the sans-IO reader and
 session; responses and events go out through ``encode_message`` (QEMU's formatting, CRLF).
 Events may be emitted from any thread; they hop onto the loop before touching a transport.
+Unix-socket monitors use ``unixfd``'s transport, which also reads SCM_RIGHTS descriptors: a
+command sees them (and its monitor's ``getfd`` table) through ``monitor_fds.current()``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from migemu.emulator import monitor_fds
 from migemu.emulator.events import Event, EventBus
 from migemu.emulator.migration import faults
+from migemu.emulator.monitor_fds import MonitorFdContext, NamedFds, ReceivedFds
 from migemu.emulator.qmp.session import QMPSession
+from migemu.emulator.qmp.unixfd import UnixFdServer, connect_unix, listen_unix
 from migemu.emulator.startup import StartupError
 from migemu.emulator.unixsock import owner_only
 from migemu.qapi.qjson import JSONStreamParser, encode_message
@@ -62,6 +67,8 @@ class QMPConnection(asyncio.Protocol):
         self.session: QMPSession | None = None
         self.parser = JSONStreamParser()
         self._backlog: list[bytes] = []
+        self.received = ReceivedFds()  # SCM_RIGHTS descriptors not yet taken by a command
+        self.fd_context = MonitorFdContext(endpoint.named_fds, self.received)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,6 +80,9 @@ class QMPConnection(asyncio.Protocol):
             self._backlog.append(data)  # not served yet: QEMU would not read it yet either
             return
         self._feed(data)
+
+    def fds_received(self, fds: list[int]) -> None:
+        self.received.add(fds)
 
     def eof_received(self) -> bool:
         if self.writer is not None:  # stdin closed: QEMU treats it as the client leaving
@@ -100,6 +110,7 @@ class QMPConnection(asyncio.Protocol):
         self.endpoint.disconnected(self)
         self.session = None
         self.transport = None
+        self.received.clear()
 
     # endpoint side
     def activate(self, session: QMPSession) -> None:
@@ -119,7 +130,11 @@ class QMPConnection(asyncio.Protocol):
             session = self.session
             if session is None or self.transport is None or self.transport.is_closing():
                 return
-            response = session.handle(item)
+            token = monitor_fds.current_monitor.set(self.fd_context)
+            try:
+                response = session.handle(item)
+            finally:
+                monitor_fds.current_monitor.reset(token)
             if response is not None:
                 self._send(response)
 
@@ -204,6 +219,8 @@ class MonitorEndpoint:
         self.active: QMPConnection | None = None
         self.pending: list[QMPConnection] = []
         self.server: asyncio.AbstractServer | None = None
+        self.unix_server: UnixFdServer | None = None
+        self.named_fds = NamedFds()  # getfd's table: the monitor's, kept across clients
         self.first_client = asyncio.Event()
         self._loop_thread = threading.get_ident()
         events.subscribe(self._on_event)
@@ -232,8 +249,8 @@ class MonitorEndpoint:
                 if os.path.exists(spec.path):
                     os.unlink(spec.path)  # as QEMU does before binding a unix listener
                 with owner_only():
-                    self.server = await self.loop.create_unix_server(
-                        lambda: QMPConnection(self), spec.path
+                    self.unix_server = listen_unix(
+                        self.loop, spec.path, lambda: QMPConnection(self)
                     )
             else:
                 self.server = await self.loop.create_server(
@@ -244,7 +261,7 @@ class MonitorEndpoint:
         else:
             try:
                 if spec.path is not None:
-                    await self.loop.create_unix_connection(lambda: QMPConnection(self), spec.path)
+                    await connect_unix(self.loop, spec.path, lambda: QMPConnection(self))
                 else:
                     await self.loop.create_connection(
                         lambda: QMPConnection(self), spec.host, spec.port
@@ -302,9 +319,12 @@ class MonitorEndpoint:
         for conn in [self.active, *self.pending]:
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
+        if self.unix_server is not None:
+            self.unix_server.close()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self.server is not None or self.unix_server is not None:
             if self.spec.path is not None and self.spec.server:
                 try:
                     os.unlink(self.spec.path)

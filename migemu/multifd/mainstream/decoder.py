@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
+import uuid as uuidlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -129,8 +130,10 @@ class MainStreamDecoder:
         ram_blocks: Mapping[str, int] | None = None,
         sections: Iterable[SectionSpec] = QEMU_SECTIONS,
         pause_at_eos: bool = False,
+        uuid: bytes | None = None,
     ) -> None:
         self.machine = machine
+        self.uuid = uuid  # the local -uuid (None: not set), checked as vmstate_uuid_post_load
         self._pause_at_eos = pause_at_eos
         self._paused = False
         self._eof = False
@@ -268,6 +271,15 @@ class MainStreamDecoder:
             raise ProtocolError(f"machine name of {length} bytes is too long")
         machine = r.take(length).decode("latin-1")
         subsections = self._parse_subsections(r, "configuration", "configuration")
+        for name, _version, body in subsections:
+            # Subsections are loaded (post_load included) before configuration_post_load
+            # compares the machine type.
+            if name == "configuration/uuid" and self.uuid is not None and body != self.uuid:
+                raise ProtocolError(
+                    f"UUID received is {uuidlib.UUID(bytes=bytes(body))} "
+                    f"and local is {uuidlib.UUID(bytes=self.uuid)}\n"
+                    "load of migration failed: Invalid argument"
+                )
         if machine != self.machine:
             raise ProtocolError(
                 f"Machine type received is '{machine}' and local is '{self.machine}'"

@@ -34,6 +34,7 @@ from migemu.multifd.mainstream.records import (
     VM_SECTION_FULL,
     VM_SECTION_PART,
     VM_SECTION_START,
+    VM_SUBSECTION,
     VM_VMDESCRIPTION,
     VMDESC_MACHINE_NONE,
 )
@@ -50,10 +51,18 @@ def _str8(text: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
-def encode_file_header(machine: str = "none") -> bytes:
-    """``QEVM``, version 3 and the CONFIGURATION record (no subsections)."""
+def encode_file_header(machine: str = "none", uuid: bytes | None = None) -> bytes:
+    """``QEVM``, version 3 and the CONFIGURATION record. ``uuid``: the 16 bytes of the
+    ``configuration/uuid`` subsection, which 7.2 sends only when ``-uuid`` was given and the
+    ``validate-uuid`` capability is on (``vmstate_uuid_needed``); ``None``: no subsection."""
     name = machine.encode("latin-1")
-    return struct.pack(">IIBI", FILE_MAGIC, FILE_VERSION, VM_CONFIGURATION, len(name)) + name
+    out = struct.pack(">IIBI", FILE_MAGIC, FILE_VERSION, VM_CONFIGURATION, len(name)) + name
+    if uuid is not None:
+        if len(uuid) != 16:
+            raise ValueError("a UUID is 16 bytes")
+        out += bytes((VM_SUBSECTION,)) + _str8("configuration/uuid") + struct.pack(">I", 1)
+        out += uuid
+    return out
 
 
 def encode_section_start(
@@ -150,12 +159,13 @@ class MainStreamEncoder:
     """Builds a main stream piece by piece, as QEMU 7.2 orders it. Every method returns the
     bytes to write; nothing is buffered except the CONTINUE state (last block named)."""
 
-    def __init__(self, machine: str = "none") -> None:
+    def __init__(self, machine: str = "none", uuid: bytes | None = None) -> None:
         self.machine = machine
+        self.uuid = uuid  # sent in the configuration only when not None (validate-uuid)
         self._last_block: str | None = None
 
     def header(self) -> bytes:
-        return encode_file_header(self.machine)
+        return encode_file_header(self.machine, self.uuid)
 
     def ram_start(self, blocks: Sequence[tuple[str, int]]) -> bytes:
         """The whole setup section: START (id 2, ``ram``, v4), MEM_SIZE, EOS, footer.
