@@ -26,6 +26,7 @@ MODULES: tuple[str, ...] = (
     "introspect",
     "machine",
     "misc",
+    "tls",
     "migemu",
 )
 

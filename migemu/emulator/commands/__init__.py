@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def register_all(machine: Machine) -> None:
-    from migemu.emulator.commands import control, faults, hmp, migration, vm
+    from migemu.emulator.commands import control, faults, hmp, migration, objects, vm
 
-    for module in (control, vm, migration, hmp, faults):
+    for module in (control, vm, migration, hmp, faults, objects):
         module.register(machine)

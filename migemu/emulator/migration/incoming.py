@@ -23,6 +23,7 @@ from migemu.emulator.migration import faults
 from migemu.emulator.migration.link import ErrorLatch, ExecSource, Link, Listener
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
+from migemu.emulator.migration.tls import TlsError, TlsObjects
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
 from migemu.emulator.runstate import RunState
 from migemu.emulator.vm import VM
@@ -62,6 +63,8 @@ class IncomingContext:
     # Extra sections this side loads (e.g. the guest vCPU state), after QEMU's own.
     sections: list[SectionSpec] = field(default_factory=list)
     on_section: Callable[[SectionData], None] | None = None
+    tls_objects: TlsObjects | None = None  # where tls-creds / tls-authz are looked up
+    report: Callable[[str], None] | None = None  # error_report: a dropped connection's error
 
 
 class _Barrier:
@@ -245,8 +248,27 @@ class IncomingMigration:
             self._cleanup()
             self.on_finish(self)
 
+    def _accept(self, name: str) -> Link:
+        """One connection; with ``tls-creds``, after its TLS handshake and checks. As in 7.2
+        (migration_tls_incoming_handshake), a connection whose TLS fails is reported and
+        dropped, and the destination goes on waiting for the next one."""
+        from migemu.emulator.migration import tls
+
+        while True:
+            link = self.listener.accept(self.latch, name)
+            params = self.ctx.settings.parameters
+            if not tls.tls_enabled(params):
+                return link
+            try:
+                link.start_tls(tls.server_session(self.ctx.tls_objects or TlsObjects(), params))
+                return link
+            except TlsError as err:
+                link.close()
+                if self.ctx.report is not None:
+                    self.ctx.report(err.desc)
+
     def _accept_all(self) -> None:
-        self.main = self.listener.accept(self.latch, "main")
+        self.main = self._accept("main")
         self.multifd = self.ctx.settings.capability("multifd")
         if not self.multifd:
             return
@@ -262,7 +284,7 @@ class IncomingMigration:
                     f"multifd: the source opened {len(taken)} of {wanted} channels "
                     f"within {CHANNEL_TIMEOUT_S:g} s (are multifd-channels the same on both sides?)"
                 )
-            link = self.listener.accept(self.latch, f"multifd{accepted}")
+            link = self._accept(f"multifd{accepted}")
             decoder = ChannelDecoder(method, blocks)
             try:
                 greeting = self._read_greeting(link, decoder, accepted)
@@ -292,7 +314,7 @@ class IncomingMigration:
         wanted = self.ctx.settings.get("multifd-channels")
         if not self.multifd:
             raise ProtocolError(NOT_MULTIFD)
-        link = self.listener.accept(self.latch, "extra")
+        link = self._accept("extra")
         try:
             decoder = ChannelDecoder(self.ctx.settings.get("multifd-compression"), {})
             greeting = self._read_greeting(link, decoder, wanted)

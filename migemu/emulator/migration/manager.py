@@ -96,6 +96,7 @@ class MigrationManager:
             machine_type=machine.stream_machine_type,
             uuid=machine.uuid_bytes,
             device_sections=machine.device_sections(),
+            tls_objects=machine.tls_objects,
         )
         if machine.migration.capability("multifd") and not address.multi_channel:
             self.report(f"{machine.prog_name}: multifd is not supported by current protocol")
@@ -166,6 +167,8 @@ class MigrationManager:
             uuid=machine.uuid_bytes,
             sections=machine.incoming_sections(),
             on_section=machine.load_section,
+            tls_objects=machine.tls_objects,
+            report=lambda text: self.report(f"{machine.prog_name}: {text}"),
         )
         self.incoming_address = address
         self.incoming = IncomingMigration(ctx, listener, self.destination, self._incoming_done)
