@@ -24,9 +24,9 @@ MODULES: tuple[str, ...] = (
     "migration",
     "control",
     "introspect",
+    "tls",  # crypto/authz/qom definitions of the TLS objects, where QEMU includes qom
     "machine",
     "misc",
-    "tls",
     "migemu",
 )
 

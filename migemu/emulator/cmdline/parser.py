@@ -491,11 +491,13 @@ def _tls_object(b: _Builder, qom_type: str, values: dict[str, str], loc: _Loc) -
         raise b.fail(
             f"attempt to add duplicate property '{object_id}' to object (type 'container')", loc
         )
+    if qom_type == "authz-simple" and "identity" not in values:
+        raise b.fail("Parameter 'identity' is missing", loc)
     props = tuple((k, v) for k, v in values.items() if k not in ("qom-type", "id"))
     try:
         create_object(qom_type, object_id, dict(props))
-    except TlsError as err:
-        raise b.fail(err.desc, loc) from err
+    except TlsError as err:  # QEMU creates them after the option parsing: no location
+        raise b.fail(err.desc) from err
     b.tls_objects.append((TlsObjectConfig(qom_type, object_id, props), loc))
 
 

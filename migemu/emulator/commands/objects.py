@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from migemu.emulator.migration.tls import OBJECT_TYPES, TlsError
+from migemu.emulator.migration.tls import OBJECT_TYPES, PROPERTIES, TlsError
 from migemu.qapi.errors import QMPError
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ def register(machine: Machine) -> None:
         if qom_type not in OBJECT_TYPES:
             raise QMPError(f"object type '{qom_type}' is not supported by migemu")
         props = {k: v for k, v in args.items() if k not in ("qom-type", "id")}
+        for key in props:
+            if key not in PROPERTIES[qom_type]:
+                raise QMPError(f"Parameter '{key}' is unexpected")
         try:
             objects.add(qom_type, object_id, props)
         except TlsError as err:
