@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 
