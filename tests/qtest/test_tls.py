@@ -67,7 +67,11 @@ async def setup_tls(
     src: Any, dst: Any, kind: str, creds: Path, *, hostname: str | None = None,
     authz: str | None = None, verify_client: bool = True,
 ) -> None:  # fmt: skip
-    if kind == "psk":
+    if kind == "anon":
+        for vm, endpoint in ((src, "client"), (dst, "server")):
+            await vm.cmd("object-add", {"qom-type": "tls-creds-anon", "id": "tls0",
+                                        "endpoint": endpoint})  # fmt: skip
+    elif kind == "psk":
         await add_creds(src, "tls-creds-psk", "client", creds)
         await add_creds(dst, "tls-creds-psk", "server", creds)
     else:
@@ -87,7 +91,7 @@ async def setup_tls(
 
 @needs_qemu
 @pytest.mark.parametrize("multifd", [False, True], ids=["precopy", "multifd2"])
-@pytest.mark.parametrize("kind", ["psk", "x509"])
+@pytest.mark.parametrize("kind", ["psk", "x509", "anon"])
 @pytest.mark.parametrize("direction", ["migemu-to-qemu", "qemu-to-migemu"])
 async def test_tls_interop_with_qemu(cluster, image, tmp_path, direction, kind, multifd):
     src_kind, dst_kind = direction.split("-to-")
@@ -417,3 +421,104 @@ async def test_object_cmdline_same_as_qemu(tmp_path, spec):
         )
         outs.append((proc.returncode, proc.stderr.decode().split(": ", 1)[1]))
     assert outs[1] == outs[0]
+
+
+# -- faults: a failed handshake fails the migration, and everything keeps serving -------------
+
+
+async def test_handshake_failure_then_plain_migration(cluster, image, tmp_path):
+    src, dst = await start_pair(cluster, image, "migemu", "migemu")
+    await add_creds(src, "tls-creds-psk", "client", psk_dir(tmp_path / "a", key="00aa" * 8))
+    await add_creds(dst, "tls-creds-psk", "server", psk_dir(tmp_path / "b", key="00bb" * 8))
+    for vm in (src, dst):
+        await vm.cmd("migrate-set-parameters", {"tls-creds": "tls0"})
+    uri = await setup_pair(src, dst, multifd=True, channels=2)
+    await src.cmd("migrate", {"uri": uri})
+    info = await src.wait_status(["completed", "failed"])
+    assert info == {
+        "status": "failed",
+        "error-desc": "TLS handshake failed: The TLS connection was non-properly terminated.",
+    }
+    assert (await src.cmd("query-status"))["status"] == "running"
+    assert "socket-address" in await dst.cmd("query-migrate")  # still listening
+    # The same source, TLS off, to a plain destination: a normal migration.
+    plain = await cluster.start("plain", mem_mib=MIB, incoming="defer")
+    await src.cmd("migrate-set-parameters", {"tls-creds": ""})
+    uri = await setup_pair(src, plain, multifd=True, channels=2)
+    await src.cmd("migrate", {"uri": uri})
+    assert (await src.wait_status(["completed", "failed"]))["status"] == "completed"
+    await plain.wait_status(["completed"])
+    assert sha256(plain.ram) == sha256(image)
+
+
+@pytest.mark.parametrize("dst_kind", ["migemu", pytest.param("qemu", marks=needs_qemu)])
+async def test_destination_serves_after_bad_handshake(cluster, image, tmp_path, dst_kind):
+    """A connection that fails its handshake is dropped; the destination keeps listening and
+    takes the next, good one (migration_tls_incoming_handshake)."""
+    src, dst = await start_pair(cluster, image, "migemu", dst_kind)
+    good = psk_dir(tmp_path / "good")
+    await add_creds(src, "tls-creds-psk", "client", psk_dir(tmp_path / "bad"))
+    await add_creds(dst, "tls-creds-psk", "server", good)
+    for vm in (src, dst):
+        await vm.cmd("migrate-set-parameters", {"tls-creds": "tls0"})
+    uri = await setup_pair(src, dst, multifd=False)
+    await src.cmd("migrate", {"uri": uri})
+    assert (await src.wait_status(["completed", "failed"]))["status"] == "failed"
+    await src.cmd("object-del", {"id": "tls0"})
+    await add_creds(src, "tls-creds-psk", "client", good)
+    await src.cmd("migrate", {"uri": uri})
+    info = await src.wait_status(["completed", "failed"])
+    assert info["status"] == "completed", info
+    await dst.wait_status(["completed"])
+    assert sha256(dst.ram) == sha256(image)
+
+
+async def test_cancel_unblocks_a_stuck_handshake(cluster, image, tmp_path):
+    """A destination that accepts and never answers: the source waits in its TLS handshake
+    until migrate_cancel, which must end it (the socket is shut down under the read)."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        try:
+            accepted.append(silent.accept()[0])
+        except OSError:
+            pass
+        done.set()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        src = await cluster.start("src", mem_mib=MIB, image=image, share=False)
+        await add_creds(src, "tls-creds-psk", "client", psk_dir(tmp_path / "psk"))
+        await src.cmd("migrate-set-parameters", {"tls-creds": "tls0"})
+        await src.cmd("migrate", {"uri": f"tcp:127.0.0.1:{silent.getsockname()[1]}"})
+        end = time.monotonic() + DEADLINE_S
+        while not done.is_set():  # connected: the ClientHello is out, no answer comes
+            assert time.monotonic() < end
+            await asyncio.sleep(0.01)
+        assert (await src.cmd("query-migrate"))["status"] == "setup"
+        await src.cmd("migrate_cancel")
+        info = await src.wait_status(["cancelled", "failed", "completed"])
+        assert info["status"] == "cancelled"
+        assert (await src.cmd("query-status"))["status"] == "running"
+    finally:
+        silent.close()
+        for s in accepted:
+            s.close()
+        thread.join(5)
+
+
+async def test_anon_creds_migemu_pair(cluster, image, tmp_path):
+    src, dst = await start_pair(cluster, image, "migemu", "migemu")
+    await src.cmd("object-add", {"qom-type": "tls-creds-anon", "id": "tls0", "endpoint": "client"})
+    await dst.cmd("object-add", {"qom-type": "tls-creds-anon", "id": "tls0", "endpoint": "server"})
+    for vm in (src, dst):
+        await vm.cmd("migrate-set-parameters", {"tls-creds": "tls0"})
+    uri = await setup_pair(src, dst, multifd=True, channels=2)
+    await src.cmd("migrate", {"uri": uri})
+    info = await src.wait_status(["completed", "failed"])
+    assert info["status"] == "completed", info
+    await dst.wait_status(["completed"])
+    assert sha256(dst.ram) == sha256(image)

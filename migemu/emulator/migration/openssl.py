@@ -31,6 +31,7 @@ SSL_CTRL_SET_SESS_CACHE_MODE = 44
 SSL_CTRL_SET_TLSEXT_HOSTNAME = 55
 SSL_CTRL_SET_MIN_PROTO_VERSION = 123
 SSL_CTRL_SET_MAX_PROTO_VERSION = 124
+SSL_CTRL_SET_DH_AUTO = 118
 SSL_OP_NO_TICKET = 1 << 14
 SSL_VERIFY_NONE = 0
 SSL_VERIFY_PEER = 1
@@ -174,6 +175,10 @@ class Context:
 
     def max_tls12(self) -> None:
         self._ssl.SSL_CTX_ctrl(self.ptr, SSL_CTRL_SET_MAX_PROTO_VERSION, TLS1_2_VERSION, None)
+
+    def dh_auto(self) -> None:
+        """Built-in DH parameters (GnuTLS's ANON-DH needs a DH group on the server)."""
+        self._ssl.SSL_CTX_ctrl(self.ptr, SSL_CTRL_SET_DH_AUTO, 1, None)
 
     def ciphers(self, tls12: bytes, tls13: bytes | None = None) -> None:
         self._check(self._ssl.SSL_CTX_set_cipher_list(self.ptr, tls12), "cipher list")

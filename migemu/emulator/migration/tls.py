@@ -345,6 +345,8 @@ def _build_context(creds: TlsCreds) -> Any:
     else:  # anon: anonymous DH, TLS 1.2 only (TLS 1.3 has no anonymous key exchange)
         ctx.max_tls12()
         ctx.ciphers(b"aNULL:@SECLEVEL=0")
+        if server:
+            ctx.dh_auto()
     return ctx
 
 
