@@ -32,6 +32,8 @@ SSL_CTRL_SET_TLSEXT_HOSTNAME = 55
 SSL_CTRL_SET_MIN_PROTO_VERSION = 123
 SSL_CTRL_SET_MAX_PROTO_VERSION = 124
 SSL_CTRL_SET_DH_AUTO = 118
+SSL_CTRL_SET_READ_AHEAD = 41
+READ_BUFFER_BYTES = 256 * 1024
 SSL_OP_NO_TICKET = 1 << 14
 SSL_VERIFY_NONE = 0
 SSL_VERIFY_PEER = 1
@@ -84,6 +86,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "SSL_read": (c_int, [c_void_p, c_void_p, c_int]),
     "SSL_write": (c_int, [c_void_p, c_void_p, c_int]),
     "SSL_get_error": (c_int, [c_void_p, c_int]),
+    "SSL_has_pending": (c_int, [c_void_p]),
+    "SSL_CTX_set_default_read_buffer_len": (None, [c_void_p, ctypes.c_size_t]),
     "SSL_get_verify_result": (c_long, [c_void_p]),
     "SSL_get1_peer_certificate": (c_void_p, [c_void_p]),
     "SSL_get_version": (c_char_p, [c_void_p]),
@@ -163,6 +167,9 @@ class Context:
         ssl.SSL_CTX_set_options(self.ptr, SSL_OP_NO_TICKET)
         ssl.SSL_CTX_ctrl(self.ptr, SSL_CTRL_SET_SESS_CACHE_MODE, 0, None)
         ssl.SSL_CTX_set_num_tickets(self.ptr, 0)
+        # Read ahead into a big buffer: one read() returns many records (see Session.read).
+        ssl.SSL_CTX_ctrl(self.ptr, SSL_CTRL_SET_READ_AHEAD, 1, None)
+        ssl.SSL_CTX_set_default_read_buffer_len(self.ptr, READ_BUFFER_BYTES)
 
     def __del__(self) -> None:
         ptr, self.ptr = getattr(self, "ptr", None), None
@@ -283,7 +290,15 @@ class Session:
         self._crypto.ERR_clear_error()
         ret = self._ssl.SSL_read(self.ptr, address, n)
         if ret > 0:
-            return int(ret)
+            # A record carries at most 16 KiB: take what is already buffered too, so a
+            # caller's 256 KiB read costs one Python call, not sixteen.
+            total = int(ret)
+            while total < n and self._ssl.SSL_has_pending(self.ptr):
+                ret = self._ssl.SSL_read(self.ptr, address + total, n - total)
+                if ret <= 0:
+                    break  # the error (or EOF) shows again at the next read
+                total += int(ret)
+            return total
         err = self._fail(ret)
         if err.kind == SSL_ERROR_ZERO_RETURN or (err.kind == SSL_ERROR_SYSCALL and not err.reason):
             return 0

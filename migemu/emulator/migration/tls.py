@@ -493,6 +493,8 @@ def _gnutls_text(err: Any, session: TlsSession) -> str:
         # QEMU's server never sends an alert (its channel closes the connection), so its
         # client sees the connection end; OpenSSL's server sends one: report the former.
         return "The TLS connection was non-properly terminated."
+    if any(w in text for w in ("wrong version", "packet length", "http", "unknown protocol")):
+        return "An unexpected TLS packet was received."  # not TLS at all (a plain stream)
     if session.creds.endpoint == "server" and session.creds.kind == "psk":
         # A bad binder (other key) or an unknown username: GnuTLS's text for both.
         return "An illegal parameter has been received."
