@@ -245,6 +245,9 @@ class OutgoingMigration:
             if session is not None:
                 self.main.start_tls(session)
         except TlsError as err:
+            # Closed before the state says failed, as QEMU drops the channel first: the
+            # destination sees the end at once (and exits, if its handshake had succeeded).
+            self.main.close()
             raise ConnectError(err.desc) from err
         self.writer = MainWriter(self.main, self.stats)
         if self.multifd:
