@@ -8,8 +8,10 @@ touched. Blocks are addressed by their RAMBlock id (``mem0``, ``pc.ram``), as on
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 PAGE_SIZE = 4096
@@ -28,6 +30,9 @@ class RAMBlock:
     mem: mmap.mmap
     path: str | None = None
     shared: bool = False
+    # A MAP_SHARED file mapping keeps its fd: the file's holes (SEEK_HOLE) are pages known
+    # to be zero without reading them (reading a tmpfs hole through the mapping allocates it).
+    fd: int | None = None
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -37,10 +42,37 @@ class RAMBlock:
     def view(self) -> memoryview:
         return memoryview(self.mem)
 
+    def data_extents(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """Byte ranges within ``[start, end)`` that may hold non-zero bytes: all of it,
+        unless the block is a shared file mapping whose file has holes there. Ranges are
+        widened to whole pages."""
+        if self.fd is None:
+            yield start, end
+            return
+        pos = start
+        while pos < end:
+            try:
+                data = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # no data after pos: the rest is a hole
+                    return
+                yield pos, end  # SEEK_DATA unsupported: assume data
+                return
+            if data >= end:
+                return
+            hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
+            lo = data - data % PAGE_SIZE
+            hi = min(end, hole + (-hole) % PAGE_SIZE)
+            yield max(lo, start), hi
+            pos = hi
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.mem.close()
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
 
 
 # Linux's MAP_NORESERVE (Python's mmap module exports it only from 3.13 on).
@@ -75,9 +107,14 @@ def map_file(name: str, path: str, size: int, share: bool) -> RAMBlock:
             os.ftruncate(fd, size)
         flags = mmap.MAP_SHARED if share else mmap.MAP_PRIVATE
         mem = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
+    except BaseException:
         os.close(fd)
-    return RAMBlock(name, size, mem, path=path, shared=share)
+        raise
+    if not share:  # private writes never reach the file: its holes say nothing then
+        os.close(fd)
+        return RAMBlock(name, size, mem, path=path, shared=share)
+    os.set_inheritable(fd, False)
+    return RAMBlock(name, size, mem, path=path, shared=share, fd=fd)
 
 
 class GuestRAM:

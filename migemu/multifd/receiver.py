@@ -12,7 +12,7 @@ kept: every later call raises it again, and nothing more is parsed.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from migemu.multifd.constants import (
@@ -42,6 +42,7 @@ class ReceivedPacket:
 
     header: PacketHeader
     data: bytes
+    placed: bool = False  # the pages were read straight into guest RAM: ``data`` is empty
 
     @property
     def sync(self) -> bool:
@@ -52,21 +53,46 @@ class ReceivedPacket:
         return self.header.packet_num
 
     def pages(self) -> Iterator[tuple[int, memoryview]]:
-        """``(offset, 4 KiB view)`` for each page, in packet order."""
+        """``(offset, 4 KiB view)`` for each page, in packet order (none once placed)."""
+        if self.placed:
+            return
         view = memoryview(self.data)
         for index, offset in enumerate(self.header.offsets):
             yield offset, view[index * PAGE_SIZE : (index + 1) * PAGE_SIZE]
 
     def runs(self) -> Iterator[tuple[int, memoryview]]:
         """``(offset, view)`` for each run of pages with consecutive offsets: one slice
-        assignment per run instead of per page (QEMU's packets are mostly one or two runs)."""
-        offsets = self.header.offsets
+        assignment per run instead of per page (QEMU's packets are mostly one or two runs).
+        A placed packet has none: its pages are in RAM already."""
+        if self.placed:
+            return
         view = memoryview(self.data)
-        start = 0
-        for index in range(1, len(offsets) + 1):
-            if index == len(offsets) or offsets[index] != offsets[index - 1] + PAGE_SIZE:
-                yield offsets[start], view[start * PAGE_SIZE : index * PAGE_SIZE]
-                start = index
+        pos = 0
+        for offset, size in offset_runs(self.header.offsets):
+            yield offset, view[pos : pos + size]
+            pos += size
+
+
+def offset_runs(offsets: Sequence[int]) -> list[tuple[int, int]]:
+    """``(offset, bytes)`` of each run of pages with consecutive offsets, in packet order:
+    where a raw (``none``) payload's bytes go, one contiguous piece of RAM per run."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for index in range(1, len(offsets) + 1):
+        if index == len(offsets) or offsets[index] != offsets[index - 1] + PAGE_SIZE:
+            runs.append((offsets[start], (index - start) * PAGE_SIZE))
+            start = index
+    return runs
+
+
+@dataclass(frozen=True, slots=True)
+class DirectPayload:
+    """A raw payload the caller reads itself (see ``ChannelDecoder.begin_direct``):
+    ``prefix`` is the part already buffered, ``remaining`` the bytes still on the wire."""
+
+    header: PacketHeader
+    prefix: bytes
+    remaining: int
 
 
 class _State(enum.Enum):
@@ -74,6 +100,7 @@ class _State(enum.Enum):
     WAIT_ACCEPT = "wait-accept"
     HEADER = "header"
     PAYLOAD = "payload"
+    DIRECT = "direct"  # a raw payload being read by the caller, not through feed()
     PAUSED = "paused"
 
 
@@ -128,7 +155,52 @@ class ChannelDecoder:
         if self._state is _State.PAYLOAD:
             assert self._header is not None
             return max(0, self._payload_size(self._header) - buffered)
-        return 0
+        return 0  # PAUSED, WAIT_ACCEPT, DIRECT: nothing to read through feed()
+
+    @property
+    def raw(self) -> bool:
+        """Payloads are raw pages (method ``none``): a caller may read them itself."""
+        return self._method is not None and self._method.flag == FLAG_NOCOMP
+
+    def begin_direct(self) -> DirectPayload | None:
+        """Hand a raw payload to the caller instead of buffering it.
+
+        Only while a ``none`` packet's checked header waits for its payload: the caller
+        puts ``prefix`` and then the next ``remaining`` bytes of the connection into RAM at
+        the header's offsets (``offset_runs``) and calls ``end_direct()``. QEMU's receive
+        thread reads raw pages into guest memory the same way, with no copy in between.
+        """
+        self._raise_if_failed()
+        if self._state is not _State.PAYLOAD or not self.raw:
+            return None
+        header = self._header
+        assert header is not None
+        size = self._payload_size(header)
+        end = min(len(self._buf), self._pos + size)
+        with memoryview(self._buf) as view:
+            prefix = bytes(view[self._pos : end])
+        self._pos = end
+        self._state = _State.DIRECT
+        return DirectPayload(header, prefix, size - len(prefix))
+
+    def end_direct(self) -> list[MultiFDInit | ReceivedPacket]:
+        """The caller placed the payload: the packet comes out (pages already in RAM),
+        followed by whatever else is buffered."""
+        self._raise_if_failed()
+        if self._state is not _State.DIRECT:
+            raise RuntimeError("end_direct() without begin_direct()")
+        header = self._header
+        assert header is not None
+        self._header = None
+        self._state = _State.HEADER
+        packet = self._deliver(ReceivedPacket(header, b"", placed=True))
+        return [packet, *self.feed(b"")]
+
+    def fail_direct(self, err: MultiFDError) -> None:
+        """The caller's read of a direct payload failed: the decoder fails with it. A copy
+        is kept: the original's traceback holds the caller's views of guest RAM, which
+        must not outlive the read (the RAM could not be unmapped)."""
+        self._fail(type(err)(err.desc))
 
     def accept(self, channel_id: int) -> None:
         """The greeting was accepted as channel ``channel_id``: start reading packets."""
@@ -155,6 +227,8 @@ class ChannelDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[MultiFDInit | ReceivedPacket]:
         """Add bytes; return every record they complete (possibly none)."""
         self._raise_if_failed()
+        if self._state is _State.DIRECT:
+            raise RuntimeError("feed() during a direct payload: call end_direct() first")
         if data:
             if self._eof:
                 raise RuntimeError("feed() after feed_eof()")
@@ -235,7 +309,7 @@ class ChannelDecoder:
                 if raw is None:
                     return records
                 records.append(self._on_payload(header, raw))
-            else:  # WAIT_ACCEPT, PAUSED
+            else:  # WAIT_ACCEPT, PAUSED, DIRECT
                 return records
 
     def _payload_size(self, header: PacketHeader) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from migemu.tools.hostload import QUIET_LOAD, QUIET_WAIT_S, wait_for_quiet
 from migemu.tools.migrate_runner import (
     DEFAULT_LEVEL,
     LEVEL_RANGE,
@@ -53,6 +54,8 @@ METRICS = (
     ("wire_bytes", "wire_bytes"),
     ("ratio", "ratio"),
     ("cpu_s", "cpu_total"),
+    ("src_cpu_s", "cpu_src"),
+    ("dst_cpu_s", "cpu_dst"),
 )
 
 
@@ -262,8 +265,12 @@ class Bench:
             if mig and qemu:
                 row["vs_qemu"] = {
                     key: _ratio(mig[key].get("median"), qemu[key].get("median"))
-                    for key in ("total_time_ms", "wall_ms", "wire_bytes", "cpu_s")
+                    for key in RATIO_KEYS
                 }
+                row["vs_qemu_pairs"] = pair_ratios(
+                    self.results.get((cell.key, "migemu"), []),
+                    self.results.get((cell.key, "qemu"), []),
+                )
             rows.append(row)
         return rows
 
@@ -276,6 +283,31 @@ class Bench:
         (out / "bench.md").write_text(markdown(meta, summary, self.engines))
         if plot:
             write_plot(out, summary, self.engines)
+
+
+RATIO_KEYS = ("total_time_ms", "wall_ms", "wire_bytes", "cpu_s", "dst_cpu_s")
+
+
+def pair_ratios(
+    migemu: Sequence[RunResult], qemu: Sequence[RunResult]
+) -> dict[str, dict[str, float]]:
+    """migemu/QEMU ratio of each interleaved pair (same repeat), as a spread per metric.
+
+    The ratio of medians hides how much the pairs disagree; the pairs' own min-max shows it.
+    A pair counts only when both of its runs succeeded.
+    """
+    pairs = [(m, q) for m, q in zip(migemu, qemu, strict=False) if m.ok and q.ok]
+    out: dict[str, dict[str, float]] = {}
+    for key in RATIO_KEYS:
+        attr = dict(METRICS).get(key, key)
+        values = [
+            float(getattr(m, attr)) / float(getattr(q, attr))
+            for m, q in pairs
+            if getattr(q, attr, None)
+        ]
+        if values:
+            out[key] = {k: round(v, 3) for k, v in spread(values).items()}
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -296,11 +328,18 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], engines: Sequence
         " destination CPU seconds; × QEMU: migemu median / QEMU median.",
         "",
     ]
+    quiet = meta.get("quiet")
+    if quiet:
+        lines[0] += (
+            f" Load at start {quiet['load']:.2f} ({'quiet' if quiet['quiet'] else 'NOT quiet'}:"
+            f" threshold {quiet['threshold']}, waited {quiet['waited_s']:.0f} s)."
+        )
+        lines[0] += " × QEMU cells: ratio of medians (min–max of the interleaved pairs' ratios)."
     head = ["image", "dirty/s", "method", "level", "ch", "total-time", "wall", "downtime"]
     head += ["iter", "wire MB", "ratio", "CPU s", "verified"]
     if "qemu" in engines:
         head += ["QEMU total-time", "QEMU wall", "QEMU wire MB", "QEMU CPU s"]
-        head += ["× QEMU (total-time)", "× QEMU (wall)", "× QEMU (CPU)"]
+        head += ["× QEMU (total-time)", "× QEMU (wall)", "× QEMU (CPU)", "× QEMU (dst CPU)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         mig = row.get("migemu", {})
@@ -320,7 +359,11 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], engines: Sequence
             vs = row.get("vs_qemu", {})
             cells += [_fmt_ms(q.get("total_time_ms", {})), _fmt_ms(q.get("wall_ms", {}))]
             cells += [_median(q, "wire_bytes", "{:.1f}", MB), _median(q, "cpu_s", "{:.1f}")]
-            cells += [_x(vs.get(k)) for k in ("total_time_ms", "wall_ms", "cpu_s")]
+            pairs = row.get("vs_qemu_pairs", {})
+            cells += [_x(vs.get(k), pairs.get(k)) for k in ("total_time_ms", "wall_ms", "cpu_s")]
+            cells += [
+                _x(_ratio(_med(mig, "dst_cpu_s"), _med(q, "dst_cpu_s")), pairs.get("dst_cpu_s"))
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -330,8 +373,16 @@ def _median(summary: dict[str, Any], key: str, fmt: str, scale: float = 1) -> st
     return fmt.format(s["median"] / scale) if s else "–"
 
 
-def _x(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}×"
+def _med(summary: dict[str, Any], key: str) -> float | None:
+    return summary.get(key, {}).get("median")
+
+
+def _x(v: float | None, pairs: dict[str, float] | None = None) -> str:
+    if v is None:
+        return "–"
+    if pairs and pairs.get("n", 0) > 1:
+        return f"{v:.2f}× ({pairs['min']:.2f}–{pairs['max']:.2f})"
+    return f"{v:.2f}×"
 
 
 def write_plot(out: Path, rows: list[dict[str, Any]], engines: Sequence[str]) -> None:
@@ -412,6 +463,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--vs-qemu", action="store_true", help="run each cell on QEMU 7.2 too")
+    ap.add_argument(
+        "--quiet-load",
+        type=float,
+        default=QUIET_LOAD,
+        help=f"1-minute load average the host must fall below before measuring ({QUIET_LOAD})",
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help=f"seconds to wait for that (default {QUIET_WAIT_S:.0f} with --vs-qemu, else 0)",
+    )
     ap.add_argument("--no-proxy", action="store_true", help="no wire-byte proxy (timing only)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     ap.add_argument("--out", type=Path, default=Path("bench-out"), help="output directory")
@@ -450,6 +513,10 @@ def main(argv: list[str]) -> int:
         return 0
     check(ap, args)
     bench = Bench.from_args(args, console)
+    wait_s = args.quiet_wait if args.quiet_wait is not None else QUIET_WAIT_S * args.vs_qemu
+    quiet = wait_for_quiet(args.quiet_load, wait_s)
+    bench.meta["quiet"] = quiet.as_dict()
+    console.print(quiet.describe(), style=None if quiet.quiet else "yellow")
     interrupt_on_sigterm()
     try:
         asyncio.run(bench.run())

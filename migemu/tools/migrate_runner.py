@@ -201,6 +201,14 @@ class RunResult:
         """CPU seconds of source + destination from ``migrate`` to the destination's end."""
         return round(sum(self.cpu_s.values()), 2)
 
+    @property
+    def cpu_src(self) -> float:
+        return self.cpu_s.get("src", 0.0)
+
+    @property
+    def cpu_dst(self) -> float:
+        return self.cpu_s.get("dst", 0.0)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
         """The inverse of ``as_dict`` (derived and unknown keys are ignored)."""

@@ -266,3 +266,84 @@ def test_eof_while_paused_with_a_truncated_packet() -> None:
         while True:
             decoder.release()
             decoder.feed(b"")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_direct_payloads_place_every_page_like_feed_does(seed: int) -> None:
+    """A caller reading raw payloads itself (begin_direct/end_direct) gets the same packets
+    and puts the same bytes at the same offsets as the buffered path, whatever the chunking."""
+    from migemu.multifd.receiver import offset_runs
+
+    data, plan = build_stream("none")
+    rng = random.Random(seed)
+    ram = bytearray(BLOCKS["mem0"])
+    decoder = ChannelDecoder("none", BLOCKS)
+    pos = 0
+    packets: list[ReceivedPacket] = []
+
+    def take(size: int) -> bytes:
+        nonlocal pos
+        chunk = data[pos : pos + size]
+        pos += len(chunk)
+        return chunk
+
+    pending = decoder.feed(take(64 + rng.randrange(0, 3000)))
+    while True:
+        for record in pending:
+            if isinstance(record, MultiFDInit):
+                decoder.accept(check_init(record, channels=2))
+            else:
+                packets.append(record)
+                for offset, page in record.pages():  # buffered (a placed packet has none)
+                    ram[offset : offset + PAGE] = page
+        pending = []
+        if (direct := decoder.begin_direct()) is not None:
+            assert decoder.needed() == 0
+            with pytest.raises(RuntimeError):
+                decoder.feed(b"x")
+            rest = direct.prefix + take(direct.remaining)
+            at = 0
+            for offset, size in offset_runs(direct.header.offsets):
+                ram[offset : offset + size] = rest[at : at + size]
+                at += size
+            pending = decoder.end_direct()
+            continue
+        if decoder.paused:
+            decoder.release()
+            pending = decoder.feed(b"")
+            if pending:
+                continue
+        if pos >= len(data):
+            break
+        pending = decoder.feed(take(rng.choice([1, 100, 1344, 5000, 300000])))
+    assert [(p.packet_num, p.sync) for p in packets] == [(n, s) for n, _, s in plan]
+    want = bytearray(BLOCKS["mem0"])
+    for _, offsets, _ in plan:
+        for offset, page in zip(offsets, pages_for(offsets), strict=True):
+            want[offset : offset + PAGE] = page
+    assert ram == want
+    assert all(not p.placed or not p.data for p in packets)
+    assert any(p.placed for p in packets) or seed == 0
+
+
+def test_direct_only_for_raw_payloads_and_failures_stick() -> None:
+    data, _ = build_stream("zstd")
+    dec = ChannelDecoder("zstd", BLOCKS)
+    dec.accept(check_init(dec.feed(data[:64])[0], channels=2))
+    dec.feed(data[64 : 64 + 1344 * 2])
+    assert not dec.raw and dec.begin_direct() is None
+    none = ChannelDecoder("none", BLOCKS)
+    with pytest.raises(RuntimeError):
+        none.end_direct()
+    stream, _ = build_stream("none")
+    none.accept(check_init(none.feed(stream[:64])[0], channels=2))
+    assert none.begin_direct() is None  # no header yet
+    none.feed(stream[64 : 64 + 1344])  # the SYNC packet without pages
+    none.release()
+    none.feed(stream[64 + 1344 : 64 + 2 * 1344 + 10])
+    direct = none.begin_direct()
+    assert direct is not None and len(direct.prefix) == 10
+    assert direct.remaining == 3 * PAGE - 10
+    none.fail_direct(PeerBroken(UNEXPECTED_EOF))
+    with pytest.raises(PeerBroken, match="Unexpected end-of-file"):
+        none.end_direct()

@@ -19,7 +19,7 @@ QEMU = shutil.which("qemu-system-x86_64")
 def test_tiny_matrix_writes_json_table_and_plots(tmp_path):
     out = tmp_path / "bench"
     argv = [sys.executable, "-m", "migemu", "bench", "--size", "8M", "--methods", "zstd"]
-    argv += ["--channels", "1", "--repeats", "2", "--out", str(out)]
+    argv += ["--channels", "1", "--repeats", "2", "--out", str(out), "--quiet-wait", "0"]
     if QEMU is not None:
         argv.append("--vs-qemu")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
@@ -42,6 +42,20 @@ def test_tiny_matrix_writes_json_table_and_plots(tmp_path):
                 cell["migemu"]["total_time_ms"]["median"] / cell["qemu"]["total_time_ms"]["median"]
             )
             assert cell["vs_qemu"]["total_time_ms"] == pytest.approx(want, abs=1e-3)
+            pairs = [
+                m["total_time_ms"] / q["total_time_ms"]
+                for m, q in zip(
+                    [r for r in data["runs"] if r["engine"] == "migemu"],
+                    [r for r in data["runs"] if r["engine"] == "qemu"],
+                    strict=True,
+                )
+            ]
+            got = cell["vs_qemu_pairs"]["total_time_ms"]
+            assert got["min"] == pytest.approx(min(pairs), abs=1e-3)
+            assert got["max"] == pytest.approx(max(pairs), abs=1e-3) and got["n"] == 2
+    quiet = data["meta"]["quiet"]
+    assert quiet["waited_s"] < 1 and quiet["threshold"] == 0.3
+    assert quiet["quiet"] == (quiet["load"] < 0.3)
     if QEMU:  # interleaved: the engines alternate, starting order flipping per repeat
         order = [r["engine"] for r in data["runs"]]
         assert order == ["migemu", "qemu", "qemu", "migemu"]
@@ -73,6 +87,31 @@ def test_run_result_round_trip():
     again = RunResult.from_dict(json.loads(json.dumps(result.as_dict())))
     assert again.as_dict() == result.as_dict()
     assert again.cpu_total == 1.75 and again.ratio == 2.0
+
+
+def test_pair_ratios_pair_runs_of_the_same_repeat_and_skip_failed_pairs():
+    mig = [fake(100), fake(300), fake(90, ok=False)]
+    qemu = [fake(200), fake(200), fake(100)]
+    for r, dst in zip(mig + qemu, [1.0, 3.0, 9.0, 2.0, 2.0, 2.0], strict=True):
+        r.cpu_s = {"src": 1.0, "dst": dst}
+    ratios = bench.pair_ratios(mig, qemu)
+    assert ratios["total_time_ms"]["min"] == 0.5 and ratios["total_time_ms"]["max"] == 1.5
+    assert ratios["total_time_ms"]["n"] == 2  # the third pair failed on the migemu side
+    assert ratios["dst_cpu_s"]["median"] == 1.0 and ratios["dst_cpu_s"]["min"] == 0.5
+    assert bench.pair_ratios([], qemu) == {}
+
+
+def test_markdown_quotes_pair_spread_and_quietness():
+    meta = {"date": "d", "size": 8 << 20, "cpus": 2, "qemu": "QEMU 7.2"}
+    meta["quiet"] = {"threshold": 0.3, "quiet": False, "waited_s": 300.0, "load": 1.5}
+    row = {"cell": "c", "image": "realistic", "dirty_rate": 0, "method": "zlib", "level": 1}
+    row |= {"channels": 2, "migemu": bench.summarise(None, [fake(100), fake(300)])}
+    row["qemu"] = bench.summarise(None, [fake(200), fake(200)])
+    row["vs_qemu"] = {"total_time_ms": 1.0}
+    row["vs_qemu_pairs"] = {"total_time_ms": bench.spread([0.5, 1.5])}
+    table = bench.markdown(meta, [row], ["migemu", "qemu"])
+    assert "1.00× (0.50–1.50)" in table
+    assert "NOT quiet" in table and "Load at start 1.50" in table
 
 
 def test_spread():

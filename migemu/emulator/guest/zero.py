@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -76,3 +77,43 @@ def split_zero_runs(buf: Buffer, first_page: int, n: int) -> Iterator[tuple[int,
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         yield first_page + lo, hi - lo, is_zero
         is_zero = not is_zero
+
+
+class _Extents(Protocol):
+    mem: mmap.mmap
+
+    def data_extents(self, start: int, end: int) -> Iterator[tuple[int, int]]: ...
+
+
+def page_runs(pages: npt.NDArray[np.int64]) -> Iterator[tuple[int, int]]:
+    """``(first_page, end_page)`` of each run of consecutive page numbers, in order."""
+    if len(pages) == 0:
+        return
+    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+    starts = pages[np.concatenate(([0], breaks))].tolist()
+    ends = (pages[np.concatenate((breaks - 1, [len(pages) - 1]))] + 1).tolist()
+    yield from zip(starts, ends, strict=True)
+
+
+def clear_nonzero_pages(block: _Extents, pages: npt.NDArray[np.int64]) -> int:
+    """Zero each of ``pages`` (page numbers of ``block``) that is not zero already.
+
+    This is a ZERO record on the destination: QEMU writes zeros only where the page is not
+    zero, so untouched memory stays untouched. Runs of consecutive pages are checked with
+    one reduction each over the mapping itself (no gathered copy), and only where the block
+    may hold data: a hole of a shared backing file is zero and is not read at all. Returns
+    how many pages were written.
+    """
+    written = 0
+    words = _words(block.mem, 0, len(block.mem) // PAGE_SIZE)
+    try:
+        for first, end in page_runs(pages):
+            for lo, hi in block.data_extents(first * PAGE_SIZE, end * PAGE_SIZE):
+                p0, p1 = lo // PAGE_SIZE, hi // PAGE_SIZE
+                dirty = np.flatnonzero(nonzero_pages(block.mem, p0, p1 - p0))
+                if len(dirty):
+                    words[dirty + p0] = 0
+                    written += len(dirty)
+    finally:
+        del words  # release the buffer export: the mmap must stay closable
+    return written

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from migemu.emulator.guest.zero import clear_nonzero_pages
 from migemu.emulator.migration import faults
 from migemu.emulator.migration.link import ErrorLatch, ExecSource, Link, Listener
 from migemu.emulator.migration.settings import MigrationSettings
@@ -40,7 +41,7 @@ from migemu.multifd.mainstream.records import (
     SectionSpec,
     VMDescription,
 )
-from migemu.multifd.receiver import ChannelDecoder, ReceivedPacket
+from migemu.multifd.receiver import ChannelDecoder, DirectPayload, ReceivedPacket, offset_runs
 from migemu.multifd.sync import RecvSync
 
 log = logging.getLogger(__name__)
@@ -124,13 +125,7 @@ class _ZeroBatch:
         assert block is not None  # the decoder checked the name
         pages = np.asarray(self.offsets, dtype=np.int64) // PAGE_SIZE
         self.offsets = []
-        words = np.frombuffer(block.mem, dtype=np.uint64).reshape(block.pages, PAGE_SIZE // 8)
-        try:
-            dirty = pages[words[pages].any(axis=1)]
-            if len(dirty):
-                words[dirty] = 0
-        finally:
-            del words  # release the buffer export: the mmap must stay closable
+        clear_nonzero_pages(block, pages)
 
 
 class RecvChannel:
@@ -151,10 +146,15 @@ class RecvChannel:
         mig = self.mig
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
+        decoder = self.decoder
         try:
             while True:
-                n = self.link.recv_into(view[: max(READ_CHUNK, self.decoder.needed())])
-                records = self.decoder.feed(view[:n]) if n else self.decoder.feed_eof()
+                # Raw pages (method none) go straight from the socket into guest RAM: read
+                # just the header, then the payload into its pages (QEMU's recv thread does
+                # the same). Compressed payloads are read in large chunks and decoded.
+                size = decoder.needed() if decoder.raw else 0
+                n = self.link.recv_into(view[: size or max(READ_CHUNK, decoder.needed())])
+                records = decoder.feed(view[:n]) if n else decoder.feed_eof()
                 # Apply the whole chunk before honouring a SYNC. The decoder pauses after
                 # the SYNC packet, the list's last record; checking ``paused`` after the
                 # first record let the barrier go with this epoch's packets unapplied, and
@@ -163,18 +163,38 @@ class RecvChannel:
                 while True:
                     for record in records:
                         self._apply(record)  # type: ignore[arg-type]
-                    if not self.decoder.paused:
+                    if (direct := decoder.begin_direct()) is not None:
+                        self._place(direct)
+                        records = decoder.end_direct()
+                        continue
+                    if not decoder.paused:
                         break
                     mig.barrier.channel_synced(self.id, self.decoder_packet_num)
-                    self.decoder.release()
-                    records = self.decoder.feed(b"")
+                    decoder.release()
+                    records = decoder.feed(b"")
                 if n == 0:
                     return
         except MultiFDError as err:
+            decoder.fail_direct(err)
             mig.latch.fail(err)
         except Exception as err:
             log.exception("multifd receive channel %d failed", self.id)
             mig.latch.fail(MultiFDError(f"multifd {self.id}: internal error: {err!r}"))
+
+    def _place(self, direct: DirectPayload) -> None:
+        """Read a raw payload into the packet's pages: the buffered prefix by one copy per
+        run, the rest by the socket straight into RAM."""
+        block = self.mig.ctx.ram.block(direct.header.ramblock)
+        assert block is not None  # the decoder checked the name
+        prefix = memoryview(direct.prefix)
+        with memoryview(block.mem) as mem:
+            for offset, size in offset_runs(direct.header.offsets[: direct.header.normal_pages]):
+                take = min(size, len(prefix))
+                if take:
+                    mem[offset : offset + take] = prefix[:take]
+                    prefix = prefix[take:]
+                if take < size:
+                    self.link.recv_exactly_into(mem[offset + take : offset + size])
 
     decoder_packet_num = 0
 
@@ -182,7 +202,7 @@ class RecvChannel:
         self.decoder_packet_num = packet.packet_num
         faults.on_received_packet(self.id)
         header = packet.header
-        if not header.normal_pages:
+        if not header.normal_pages or packet.placed:
             return
         block = self.mig.ctx.ram.block(header.ramblock)
         assert block is not None  # the decoder checked the name

@@ -23,7 +23,7 @@ from migemu.emulator.migration import faults
 from migemu.emulator.migration.info import inet_socket_address, unix_socket_address
 from migemu.emulator.migration.uri import MigrationAddress
 from migemu.emulator.unixsock import owner_only
-from migemu.multifd.errors import ChannelClosed, MultiFDError, PeerBroken
+from migemu.multifd.errors import UNEXPECTED_EOF, ChannelClosed, MultiFDError, PeerBroken
 
 if TYPE_CHECKING:
     from migemu.emulator.migration.tls import TlsSession, TlsStream
@@ -244,6 +244,16 @@ class Link:
             self.latch.check()
         self.bytes_received += n
         return n
+
+    def recv_exactly_into(self, buf: memoryview) -> None:
+        """Fill all of ``buf``; the peer closing first is ``PeerBroken`` (a record cut
+        short), like a decoder seeing EOF inside a payload."""
+        pos = 0
+        while pos < len(buf):
+            n = self.recv_into(buf[pos:])
+            if n == 0:
+                raise PeerBroken(UNEXPECTED_EOF)
+            pos += n
 
     def _broken(self, desc: str) -> MultiFDError:
         if self.latch.failed:

@@ -84,3 +84,59 @@ def test_mmap_view_and_bounds():
             zero_pages(view, 10, 7)
         del view
     assert list(split_zero_runs(b"", 0, 0)) == []
+
+
+def _block(tmp_path, pages: int, shared: bool):
+    from migemu.emulator.ram import map_file
+
+    return map_file("mem0", str(tmp_path / "ram"), pages * PAGE_SIZE, share=shared)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_clear_nonzero_pages_zeroes_only_what_is_not_zero(tmp_path, shared):
+    """ZERO records on the destination: the listed pages end up zero, every other page keeps
+    its bytes, and pages that are zero already (holes or written zeros) are not written."""
+    import numpy as np
+
+    from migemu.emulator.guest.zero import clear_nonzero_pages
+
+    block = _block(tmp_path, 64, shared)
+    try:
+        rng = random.Random(5)
+        for p in rng.sample(range(64), 30):
+            block.mem[p * PAGE_SIZE + rng.randrange(PAGE_SIZE)] = rng.randrange(1, 256)
+        before = bytes(block.mem)
+        targets = sorted(rng.sample(range(64), 25)) + [3, 4, 5, 63]  # runs, repeats, unsorted
+        nonzero_before = {
+            p for p in set(targets) if any(before[p * PAGE_SIZE : (p + 1) * PAGE_SIZE])
+        }
+        written = clear_nonzero_pages(block, np.asarray(targets, dtype=np.int64))
+        after = bytes(block.mem)
+        for p in range(64):
+            page = after[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]
+            if p in targets:
+                assert page == bytes(PAGE_SIZE)
+            else:
+                assert page == before[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]
+        assert written == len(nonzero_before)
+    finally:
+        block.close()
+
+
+def test_data_extents_skip_holes_of_a_shared_file(tmp_path):
+    block = _block(tmp_path, 256, shared=True)
+    try:
+        assert list(block.data_extents(0, 256 * PAGE_SIZE)) in ([], [(0, 256 * PAGE_SIZE)])
+        block.mem[10 * PAGE_SIZE + 5] = 1
+        block.mem[200 * PAGE_SIZE] = 1
+        extents = list(block.data_extents(0, 256 * PAGE_SIZE))
+        covered = {p for lo, hi in extents for p in range(lo // PAGE_SIZE, hi // PAGE_SIZE)}
+        assert {10, 200} <= covered  # never claims a written page is a hole
+        assert all(lo % PAGE_SIZE == 0 and hi % PAGE_SIZE == 0 for lo, hi in extents)
+        assert list(block.data_extents(11 * PAGE_SIZE, 12 * PAGE_SIZE)) in (
+            [],
+            [(11 * PAGE_SIZE, 12 * PAGE_SIZE)],
+        )
+    finally:
+        block.close()
+    assert block.fd is None
