@@ -202,6 +202,14 @@ def run(config: VMConfig) -> int:
     prog = config.prog_name
     if config.warnings:
         print(config.warnings_text(datetime.now(UTC)), file=sys.stderr)
+    if os.environ.get("MIGEMU_DEFLATE"):  # a migemu-only choice: fail now, not mid-migration
+        from migemu.multifd.methods.deflate import DeflateBackendError, check_selected
+
+        try:
+            check_selected()
+        except DeflateBackendError as err:
+            print(f"{prog}: {err}", file=sys.stderr)
+            return 1
     notify_parent = daemonize() if config.daemonize else None
     try:
         specs = monitor_specs(config)

@@ -51,15 +51,18 @@ SNAP = StatsSnapshot(
 
 PROGRESS = {"status", "setup-time", "total-time", "expected-downtime", "ram"}
 DONE = {"status", "setup-time", "total-time", "downtime", "ram"}
+# populate_time_info of 7.2: expected-downtime in postcopy too (real QEMU 7.2 checked;
+# "downtime replaces expected-downtime" is later versions)
+POSTCOPY = PROGRESS
 SOURCE_MEMBERS: dict[MigrationStatus, set[str]] = {
     S.NONE: set(),
     S.SETUP: {"status"},
     S.CANCELLING: PROGRESS,
     S.CANCELLED: {"status"},
     S.ACTIVE: PROGRESS,
-    S.POSTCOPY_ACTIVE: PROGRESS,
-    S.POSTCOPY_PAUSED: PROGRESS,
-    S.POSTCOPY_RECOVER: PROGRESS,
+    S.POSTCOPY_ACTIVE: POSTCOPY,
+    S.POSTCOPY_PAUSED: POSTCOPY,
+    S.POSTCOPY_RECOVER: POSTCOPY,
     S.COMPLETED: DONE,
     S.FAILED: {"status", "error-desc"},
     S.COLO: {"status"},
@@ -86,6 +89,9 @@ def test_source_members_per_state(status):
         assert info["total-time"] == 54 and info["expected-downtime"] == 300
         assert info["setup-time"] == 1
         assert info["ram"]["remaining"] == 245301248 and info["ram"]["dirty-pages-rate"] == 7
+    if status in (S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER):
+        assert info["total-time"] == 54 and info["expected-downtime"] == 300
+        assert info["ram"]["remaining"] == 245301248
     if status is S.COMPLETED:
         assert info["total-time"] == 1145 and info["downtime"] == 44
         assert info["ram"]["remaining"] == 0 and info["ram"]["dirty-pages-rate"] == 0
@@ -306,3 +312,16 @@ def test_every_rec_query_migrate_reply_rebuilt_byte_for_byte():
         ("dst", "active"),
         ("dst", "completed"),
     } <= seen_states
+
+
+def test_destination_blocktime_only_once_completed():
+    for status in MigrationStatus:
+        info = build_query_migrate(destination_status=status, postcopy_blocktime=(7, [7]))
+        if status is S.COMPLETED:
+            assert info == {
+                "postcopy-blocktime": 7,
+                "status": "completed",
+                "postcopy-vcpu-blocktime": [7],
+            }
+        else:
+            assert "postcopy-blocktime" not in info

@@ -151,10 +151,71 @@ def test_source_table_in_brief():
         assert (state, E.START) not in t and (state, E.RESET) not in t
 
 
-def test_no_transition_leads_to_postcopy_or_colo():
-    unreachable = {S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER, S.COLO}
+def test_no_transition_leads_to_colo():
     for table in (SOURCE_TRANSITIONS, DESTINATION_TRANSITIONS):
-        assert not unreachable & set(table.values())
+        assert S.COLO not in set(table.values())
+
+
+def test_postcopy_transitions_of_both_sides():
+    """The postcopy pairs of 7.2: the same cycle on both sides, cancel on the source only."""
+    cycle = {
+        (S.ACTIVE, E.POSTCOPY_START): S.POSTCOPY_ACTIVE,
+        (S.POSTCOPY_ACTIVE, E.COMPLETE): S.COMPLETED,
+        (S.POSTCOPY_ACTIVE, E.ERROR): S.FAILED,
+        (S.POSTCOPY_ACTIVE, E.POSTCOPY_PAUSE): S.POSTCOPY_PAUSED,
+        (S.POSTCOPY_PAUSED, E.POSTCOPY_RECOVER): S.POSTCOPY_RECOVER,
+        (S.POSTCOPY_RECOVER, E.POSTCOPY_RESUMED): S.POSTCOPY_ACTIVE,
+        (S.POSTCOPY_RECOVER, E.POSTCOPY_PAUSE): S.POSTCOPY_PAUSED,
+    }
+    postcopy = {S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER}
+    for table in (SOURCE_TRANSITIONS, DESTINATION_TRANSITIONS):
+        for pair, new in cycle.items():
+            assert table[pair] is new
+    source_only = {
+        pair: new
+        for pair, new in SOURCE_TRANSITIONS.items()
+        if (pair[0] in postcopy or new in postcopy) and pair not in cycle
+    }
+    assert source_only == {
+        (S.POSTCOPY_RECOVER, E.ERROR): S.FAILED,
+        (S.POSTCOPY_ACTIVE, E.CANCEL): S.CANCELLING,
+        (S.POSTCOPY_PAUSED, E.CANCEL): S.CANCELLING,
+        (S.POSTCOPY_RECOVER, E.CANCEL): S.CANCELLING,
+    }
+    dest_extra = {
+        pair
+        for pair, new in DESTINATION_TRANSITIONS.items()
+        if (pair[0] in postcopy or new in postcopy) and pair not in cycle
+    }
+    # migrate-recover emits "setup" (qemu_start_incoming_migration) and stays paused
+    assert dest_extra == {(S.POSTCOPY_PAUSED, E.INCOMING_START)}
+    assert DESTINATION_TRANSITIONS[(S.POSTCOPY_PAUSED, E.INCOMING_START)] is S.POSTCOPY_PAUSED
+    # a paused postcopy never fails on a channel error: it waits for a recovery
+    assert (S.POSTCOPY_PAUSED, E.ERROR) not in SOURCE_TRANSITIONS
+
+
+def test_source_postcopy_run_with_a_recovery():
+    rec = Recorder()
+    sm = MigrationStateMachine(Side.SOURCE, rec, lambda: True)
+    sm.start()
+    for event in (
+        E.SETUP_DONE,
+        E.POSTCOPY_START,
+        E.POSTCOPY_PAUSE,
+        E.POSTCOPY_RECOVER,
+        E.POSTCOPY_RESUMED,
+        E.COMPLETE,
+    ):
+        sm.handle(event)
+    assert rec.statuses() == [
+        "setup",
+        "active",
+        "postcopy-active",
+        "postcopy-paused",
+        "postcopy-recover",
+        "postcopy-active",
+        "completed",
+    ]
 
 
 # -- whole runs, as the transcripts show them -----------------------------------------------
@@ -403,3 +464,9 @@ def test_emitter_may_read_the_machine():
     sm = MigrationStateMachine(Side.SOURCE, emit, lambda: True)
     sm.start()
     assert seen == [S.SETUP]
+
+
+def test_migrate_recover_emits_setup_and_stays_paused():
+    sm, rec = machine_in(Side.DESTINATION, S.POSTCOPY_PAUSED, events_on=False)
+    sm.handle(E.INCOMING_START)
+    assert sm.status is S.POSTCOPY_PAUSED and rec.statuses() == ["setup"]

@@ -63,8 +63,13 @@ def build_streams(image: bytes, method: str) -> tuple[bytes, list[bytes]]:
     return main, [b"".join(parts) for parts in wire]
 
 
-@pytest.mark.parametrize("method", ["none", "zlib", "zstd"])
-def test_real_qemu_accepts_our_streams(method: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["none", "zlib", "zstd", "zlib/isal", "zlib/zlib-ng"])
+def test_real_qemu_accepts_our_streams(method: str, tmp_path: Path, monkeypatch) -> None:
+    """zlib/BACKEND: deflated by a drop-in library (MIGEMU_DEFLATE); QEMU inflates it."""
+    method, _, backend = method.partition("/")
+    if backend:
+        pytest.importorskip({"isal": "isal", "zlib-ng": "zlib_ng"}[backend])
+        monkeypatch.setenv("MIGEMU_DEFLATE", backend)
     image = make_image()
     main, channels = build_streams(image, method)
     ram = tmp_path / "dst-ram"

@@ -33,7 +33,10 @@ def test_commands_and_events():
     assert s.commands["query-status"].arg_type == EMPTY_OBJECT
     assert s.commands["migrate-set-parameters"].arg_type == "MigrateSetParameters"
     assert s.commands["human-monitor-command"].ret_type == "str"
-    assert {c for c in qapi.command_names() if qapi.command_allows_oob(c)} == {"migrate-pause"}
+    assert {c for c in qapi.command_names() if qapi.command_allows_oob(c)} == {
+        "migrate-pause",
+        "migrate-recover",
+    }
 
 
 def test_capability_enum_order():

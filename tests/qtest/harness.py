@@ -1,56 +1,45 @@
-"""Test harness for end-to-end tests: real migemu (or QEMU) processes driven over QMP.
+"""Test harness for end-to-end tests: a thin layer over the public ``migemu.testing`` API.
 
 Like QEMU's own migration qtest, tests start processes with a command line, talk to them
 with ``qemu.qmp``'s ``QMPClient``, wait for states with deadlines (never fixed sleeps) and
-end every process they start, by PID, removing sockets and files with the tmp_path.
+end every process they start, by PID. ``VM`` and ``connect_when_ready`` are
+``migemu.testing``'s; ``Cluster`` keeps a test's processes and files in its tmp_path, and the
+rest are the project's own helpers (images, hashes, the common multifd set-up).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from qemu.qmp import ConnectError, QMPClient
+from migemu.testing.vm import DEFAULT_TIMEOUT_S, VM, connect_when_ready, migemu_command
+
+__all__ = [
+    "DEADLINE_S",
+    "MAKE_IMAGE",
+    "QEMU",
+    "SHARED",
+    "VM",
+    "Cluster",
+    "connect_when_ready",
+    "file_size",
+    "make_image",
+    "migemu_cmd",
+    "page_stats",
+    "qemu_cmd",
+    "setup_pair",
+    "sha256",
+]
 
 QEMU = shutil.which("qemu-system-x86_64")
-DEADLINE_S = 60.0
+DEADLINE_S = DEFAULT_TIMEOUT_S
 SHARED = Path(__file__).parents[2].parent / "shared"
 MAKE_IMAGE = SHARED / "reference" / "make_image.py"
 
-
-async def connect_when_ready(
-    qmp: QMPClient,
-    sock: Path,
-    proc: subprocess.Popen[bytes],
-    log: Callable[[], str] = lambda: "",
-    deadline_s: float = DEADLINE_S,
-) -> None:
-    """Connect once the process listens (the socket file exists a moment before listen())."""
-    end = time.monotonic() + deadline_s
-    while True:
-        if sock.exists():
-            try:
-                await qmp.connect(str(sock))
-                return
-            except ConnectError:
-                pass
-        if proc.poll() is not None or time.monotonic() > end:
-            raise RuntimeError(f"{sock} never became ready: {log()}")
-        await asyncio.sleep(0.01)
-
-
-def migemu_cmd() -> list[str]:
-    return [sys.executable, "-m", "migemu"]
+migemu_cmd = migemu_command
 
 
 def qemu_cmd() -> list[str]:
@@ -73,75 +62,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@dataclass
-class VM:
-    """One running process with its QMP client."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    qmp: QMPClient
-    sock: Path
-    ram: Path | None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    _listener: asyncio.Task[None] | None = None
-
-    async def cmd(self, name: str, args: dict[str, Any] | None = None) -> Any:
-        return await self.qmp.execute(name, args)
-
-    async def listen(self) -> None:
-        async for event in self.qmp.events:
-            self.events.append(event)
-
-    def event_names(self, with_status: bool = True) -> list[str]:
-        out = []
-        for ev in self.events:
-            data = ev.get("data") or {}
-            if with_status and "status" in data:
-                out.append(f"{ev['event']}:{data['status']}")
-            elif "pass" in data:
-                out.append(f"{ev['event']}:{data['pass']}")
-            else:
-                out.append(ev["event"])
-        return out
-
-    async def wait_status(
-        self, statuses: Sequence[str], deadline_s: float = DEADLINE_S
-    ) -> dict[str, Any]:
-        end = time.monotonic() + deadline_s
-        while True:
-            info = await self.cmd("query-migrate")
-            if info.get("status") in statuses:
-                return info
-            if time.monotonic() > end:
-                raise TimeoutError(f"{self.name}: status {info.get('status')} not in {statuses}")
-            await asyncio.sleep(0.01)
-
-    async def wait_exit(self, deadline_s: float = DEADLINE_S) -> int:
-        end = time.monotonic() + deadline_s
-        while self.proc.poll() is None:
-            if time.monotonic() > end:
-                raise TimeoutError(f"{self.name} did not exit")
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
-
-    async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-        try:
-            await self.qmp.disconnect()
-        except Exception:
-            pass
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 class Cluster:
-    """The processes of one test; ``close()`` ends them all."""
+    """The processes of one test, with their files in ``tmp``; ``close()`` ends them all."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -158,27 +80,19 @@ class Cluster:
         extra: Sequence[str] = (),
         binary: Sequence[str] | None = None,
     ) -> VM:
-        sock = self.tmp / f"{name}.sock"
-        ram = image if image is not None else self.tmp / f"{name}.ram"
-        argv = [
-            *(binary or migemu_cmd()),
-            "-machine", "none", "-m", f"{mem_mib}M",
-            "-object",
-            f"memory-backend-file,id=mem0,size={mem_mib}M,mem-path={ram},"
-            f"share={'on' if share else 'off'}",
-            "-machine", "memory-backend=mem0",
-            "-qmp", f"unix:{sock},server=on,wait=off",
-            *(["-incoming", incoming] if incoming else []),
-            *extra,
-        ]  # fmt: skip
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        qmp = QMPClient(name)
-        vm = VM(name, proc, qmp, sock, ram)
+        vm = VM(
+            name,
+            memory=mem_mib << 20,
+            ram=image,
+            share=share,
+            incoming=incoming,
+            args=extra,
+            binary=binary or migemu_cmd(),
+            timeout=DEADLINE_S,
+        )
+        vm.use_workdir(self.tmp)
         self.vms.append(vm)
-        await connect_when_ready(qmp, sock, proc, lambda: self.log(name))
-        vm._listener = asyncio.create_task(vm.listen())
+        await vm.start()
         return vm
 
     def log(self, name: str) -> str:

@@ -15,9 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness import DEADLINE_S, VM, migemu_cmd
 from qemu.qmp import QMPClient
@@ -56,7 +54,6 @@ def libqtest_argv(
     ]  # fmt: skip
 
 
-@dataclass
 class QtestMachine(VM):
     """A ``VM`` that libqtest-style tests also drive over its qtest socket."""
 
@@ -90,17 +87,7 @@ class QtestMachine(VM):
         answers = await self.qtest_many([f"read 0x{a:x} 0x1" for a in range(start, end, PAGE)])
         return bytes(int(a[5:], 16) for a in answers)
 
-    # -- QMP and the process (cmd, listen, wait_status, wait_exit: see harness.VM) -----
-
-    async def wait_event(self, name: str, deadline_s: float = DEADLINE_S) -> dict[str, Any]:
-        end = time.monotonic() + deadline_s
-        while True:
-            for ev in self.events:
-                if ev["event"] == name:
-                    return ev
-            if time.monotonic() > end:
-                raise TimeoutError(f"{self.name}: no {name} event")
-            await asyncio.sleep(0.01)
+    # -- QMP and the process (cmd, wait_status, wait_event, wait_exit: see harness.VM) --
 
     async def wait_serial(self, char: str, deadline_s: float = DEADLINE_S) -> str:
         end = time.monotonic() + deadline_s
@@ -174,12 +161,9 @@ class QtestCluster:
             for p in (qtest_path, qmp_path):
                 if p.exists():
                     os.unlink(p)
-        vm = QtestMachine(
-            name, proc, qmp, qmp_path, None,
-            reader=reader, writer=writer, serial=self.tmp / f"{name}.serial",
-        )  # fmt: skip
+        vm = QtestMachine.adopt(name, proc, qmp, qmp_path, None)
+        vm.reader, vm.writer, vm.serial = reader, writer, self.tmp / f"{name}.serial"
         self.machines.append(vm)
-        vm._listener = asyncio.create_task(vm.listen())
         assert await vm.qtest("endianness") == "OK little"  # libqtest asks first
         return vm
 

@@ -6,15 +6,27 @@ against real QEMU 7.2 and against migemu; the transcripts must be identical.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from harness import QEMU, migemu_cmd, qemu_cmd
 
-QMP_SHELL = shutil.which("qmp-shell")
+
+def find_qmp_shell() -> str | None:
+    """qemu.qmp's qmp-shell: beside this Python first (a venv's bin is not on PATH when
+    tests run as ``.venv/bin/python -m pytest``), then on PATH."""
+    beside = Path(sys.executable).parent / "qmp-shell"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("qmp-shell")
+
+
+QMP_SHELL = find_qmp_shell()
 SCRIPT = "\n".join(
     [
         "query-status",

@@ -25,3 +25,5 @@ def register(machine: Machine) -> None:
     d.register("migrate_cancel", mm.cancel)
     d.register("migrate-continue", mm.continue_)
     d.register("migrate-pause", mm.pause, allow_oob=True)
+    d.register("migrate-start-postcopy", mm.start_postcopy)
+    d.register("migrate-recover", mm.recover, allow_oob=True)

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from migemu.emulator.guest.dirty import DirtyBitmap
 from migemu.emulator.guest.image import DEFAULT_MIX, KINDS, ImageMix, ImageMixError, PageSource
+from migemu.emulator.guest.presence import PagePresence
 from migemu.emulator.ram import PAGE_SIZE, RAMBlock
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ class Workload(ABC):
         self._rebase = True
         self.pages_written = 0
         self.error: BaseException | None = None  # what killed the thread, if anything
+        # A postcopy destination's missing pages (guest/presence.py): the vCPU waits for a
+        # page before it touches it. None: every page is there.
+        self.presence: PagePresence | None = None
 
     # Controls.
 
@@ -117,6 +121,8 @@ class Workload(ABC):
     def pause(self) -> None:
         """Return only once no further write can happen before ``resume()``."""
         self._pause_requested = True  # seen by the thread at its next check, lock or not
+        if self.presence is not None:
+            self.presence.wake()  # a vCPU waiting for a page gives up now
         with self._cond:  # waits out a batch in flight; the thread then parks
             self._pause_requested = True  # again, in case a racing resume() cleared it
             self._rebase = True
@@ -130,6 +136,8 @@ class Workload(ABC):
     def stop(self) -> None:
         """Stop and join the thread, then drop every reference to guest memory."""
         self._stopping = True  # as in pause(): a vCPU at full speed sees it between batches
+        if self.presence is not None:
+            self.presence.wake()
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -138,6 +146,14 @@ class Workload(ABC):
             thread.join()
         with self._cond:
             self._release()
+
+    def set_presence(self, presence: PagePresence | None) -> None:
+        """Touch only pages ``presence`` has (postcopy); None: all pages are there."""
+        self.presence = presence
+
+    def _give_up_wait(self) -> bool:
+        """A vCPU waiting for a page stops waiting when it is paused or stopped."""
+        return self._pause_requested or self._stopping
 
     def set_rate(self, rate: int | None) -> None:
         _check_rate(rate)
@@ -262,6 +278,7 @@ class GuestWorkload(Workload):
             if bm is None or bm.pages != b.pages:
                 raise WorkloadError(f"no dirty bitmap of {b.pages} pages for block {b.name!r}")
         self._bitmaps = [bitmaps[b.name] for b in blocks]
+        self._names = [b.name for b in blocks]
         self._arrays: list[npt.NDArray[np.uint8]] | None = [
             np.frombuffer(b.mem, dtype=np.uint8).reshape(b.pages, PAGE_SIZE) for b in blocks
         ]
@@ -312,6 +329,8 @@ class GuestWorkload(Workload):
         gpages, kinds, material = gpages[last], kinds[last], material[last]
         block = np.searchsorted(self._block_start, gpages, side="right") - 1
         local = gpages - self._block_start[block]
+        if self.presence is not None and not self._await_pages(block, local):
+            return  # paused or stopped while a page was missing: this batch is not written
         for b in np.unique(block).tolist():
             in_b = block == b
             for k in np.unique(kinds[in_b]).tolist():
@@ -325,6 +344,17 @@ class GuestWorkload(Workload):
         # and the write would never be logged.
         for b in np.unique(block).tolist():
             self._bitmaps[b].mark_pages(local[block == b])
+
+    def _await_pages(self, block: npt.NDArray[np.int64], local: npt.NDArray[np.int64]) -> bool:
+        """Wait until every page of the batch is present (postcopy); False to give up."""
+        presence = self.presence
+        assert presence is not None
+        for b, page in zip(block.tolist(), local.tolist(), strict=True):
+            name = self._names[b]
+            if not presence.is_present(name, page):
+                if presence.wait_present(name, page, 1, self._give_up_wait) == 0:
+                    return False
+        return True
 
     def _release(self) -> None:
         self._arrays = None
@@ -370,6 +400,7 @@ class SweepWorkload(Workload):
         if bitmap.pages != block.pages:
             raise WorkloadError(f"dirty bitmap does not match block {block.name!r}")
         self._bitmap = bitmap
+        self._block_name = block.name
         self._first = start // PAGE_SIZE
         self._pages = (end - start) // PAGE_SIZE
         arr = np.frombuffer(block.mem, dtype=np.uint8).reshape(-1, PAGE_SIZE)
@@ -407,8 +438,15 @@ class SweepWorkload(Workload):
         if not self._booted:
             self._booted = True
             self._print(b"A")
+        presence = self.presence
         while n:
             k = min(n, self._pages - self._pos)
+            if presence is not None:  # postcopy: touch only pages that are there
+                k = presence.wait_present(
+                    self._block_name, self._first + self._pos, k, self._give_up_wait
+                )
+                if k == 0:
+                    return
             col[self._pos : self._pos + k] += 1  # uint8: wraps at 256 like incb
             self._bitmap.mark(self._first + self._pos, k)  # after the write: see GuestWorkload
             self._pos += k

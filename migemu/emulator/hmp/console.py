@@ -194,6 +194,24 @@ COMMANDS: tuple[HMPCommand, ...] = (
         needs="migrate-pause",
     ),
     HMPCommand(
+        "migrate_recover",
+        "uri",
+        (("uri", "s"),),
+        "Continue a paused incoming postcopy migration",
+        _simple("migrate-recover", "uri"),
+        needs="migrate-recover",
+    ),
+    HMPCommand(
+        "migrate_start_postcopy",
+        "",
+        (),
+        "Followup to a migration command to switch the migration to postcopy mode. The "
+        "postcopy-ram capability must be set on both source and destination before the "
+        "original migration command .",
+        _simple("migrate-start-postcopy"),
+        needs="migrate-start-postcopy",
+    ),
+    HMPCommand(
         "migrate_set_capability",
         "capability state",
         (("capability", "s"), ("state", "b")),

@@ -39,6 +39,7 @@ class Phase(Enum):
     SETUP = "setup"  # the RAM setup section (first multifd SYNC)
     ITERATE = "iterate"  # the first ram_save_iterate section
     SWITCHOVER = "switchover"  # migration_completion: VM stopped, last pass
+    POSTCOPY = "postcopy"  # postcopy_start sent the device state: the guest runs there
 
 
 KINDS = ("drop-channel", "close-main", "stall", "corrupt", "dst-exit", "event")
@@ -128,7 +129,8 @@ def parse_spec(spec: str) -> Fault:
                 fault.at = Phase(value)
             except ValueError:
                 raise FaultSpecError(
-                    f"fault '{kind}': 'at' is one of setup, iterate, switchover, not '{value}'"
+                    f"fault '{kind}': 'at' is one of setup, iterate, switchover, postcopy, "
+                    f"not '{value}'"
                 ) from None
         elif key == "what":
             if value not in CORRUPTIONS:

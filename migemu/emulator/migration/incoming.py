@@ -16,12 +16,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from migemu.emulator.guest.zero import clear_nonzero_pages
 from migemu.emulator.migration import faults
 from migemu.emulator.migration.link import ErrorLatch, ExecSource, Link, Listener
+from migemu.emulator.migration.postcopy_incoming import IncomingPostcopy
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.migration.tls import TlsError, TlsObjects
@@ -33,6 +35,8 @@ from migemu.multifd.init import INIT_ERROR_PREFIX, MultiFDInit, check_init
 from migemu.multifd.mainstream import MainStreamDecoder
 from migemu.multifd.mainstream.records import (
     QEMU_SECTIONS,
+    VMEOF,
+    Command,
     GlobalState,
     RamEOS,
     RamPage,
@@ -43,6 +47,9 @@ from migemu.multifd.mainstream.records import (
 )
 from migemu.multifd.receiver import ChannelDecoder, DirectPayload, ReceivedPacket, offset_runs
 from migemu.multifd.sync import RecvSync
+
+if TYPE_CHECKING:
+    from migemu.emulator.guest.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +71,10 @@ class IncomingContext:
     # Extra sections this side loads (e.g. the guest vCPU state), after QEMU's own.
     sections: list[SectionSpec] = field(default_factory=list)
     on_section: Callable[[SectionData], None] | None = None
+    # The guest's vCPU, which waits for missing pages in postcopy (None: no guest).
+    workload: Callable[[], Workload | None] | None = None
+    report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
     tls_objects: TlsObjects | None = None  # where tls-creds / tls-authz are looked up
-    report: Callable[[str], None] | None = None  # error_report: a dropped connection's error
 
 
 class _Barrier:
@@ -236,6 +245,7 @@ class IncomingMigration:
         self.source_runstate: str | None = None
         self.error: str | None = None
         self.cancelled = False  # the machine is shutting down: not a migration failure
+        self.postcopy = IncomingPostcopy(self)  # return path and postcopy state
         self.thread = threading.Thread(target=self._run, name="migration_incoming", daemon=True)
 
     def start(self) -> None:
@@ -291,6 +301,7 @@ class IncomingMigration:
         self.main = self._accept("main")
         self.multifd = self.ctx.settings.capability("multifd")
         if not self.multifd:
+            self.postcopy.accept_preempt(self.listener)  # with postcopy-preempt
             return
         wanted = self.ctx.settings.get("multifd-channels")
         self.barrier = _Barrier(wanted, self.latch)
@@ -366,13 +377,31 @@ class IncomingMigration:
             ram_blocks={b.name: b.size for b in self.ctx.ram.blocks},
             sections=[*QEMU_SECTIONS, *self.ctx.sections],
         )
+        while True:
+            try:
+                self._load_stream(decoder)
+                return
+            except MultiFDError as err:
+                if not self.postcopy.can_pause():
+                    raise
+                # postcopy_pause_incoming: keep the guest and its pages, wait for a recovery
+                self.postcopy.pause(err)
+                decoder.resume_at_top()
+
+    def _load_stream(self, decoder: MainStreamDecoder) -> None:
+        """Load records from the main channel until the stream is complete."""
+        assert self.main is not None
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         zeros = _ZeroBatch(self.ctx.ram)
+        postcopy = self.postcopy
         while True:
             n = self.main.recv_into(view)
             records = decoder.feed(view[:n]) if n else decoder.feed_eof()
             for record in records:
+                if postcopy.listening and isinstance(record, (RamPage, RamZero)):
+                    postcopy.place(record)
+                    continue
                 if isinstance(record, RamZero) and record.fill == 0:
                     zeros.add(record)
                     continue
@@ -405,11 +434,18 @@ class IncomingMigration:
         elif isinstance(record, SectionData):
             if self.ctx.on_section is not None:
                 self.ctx.on_section(record)
+        elif isinstance(record, Command):
+            self.postcopy.command(record)
+        elif isinstance(record, VMEOF):
+            return self.postcopy.listening  # postcopy: no VM description follows
         elif isinstance(record, VMDescription):
             return True
         return False
 
     def _finish_ok(self) -> None:
+        if self.postcopy.listening:
+            self.postcopy.finish_ok()
+            return
         vm = self.ctx.vm
         runstate = self.source_runstate
         if runstate is None or runstate == RunState.RUNNING.value:
@@ -420,6 +456,7 @@ class IncomingMigration:
         else:
             vm.set_state(RunState(runstate))
         self.sm.handle(MigrationEvent.COMPLETE)
+        self.postcopy.finish_ok()  # SHUT(0) on the return path, if there is one
 
     def _finish_failed(self) -> None:
         err = self.latch.error
@@ -428,6 +465,7 @@ class IncomingMigration:
 
     def _cleanup(self) -> None:
         self.latch.fail(ChannelClosed("incoming migration finished"))
+        self.postcopy.close_preempt()
         for channel in self.channels:
             if channel.thread.is_alive():
                 channel.thread.join()

@@ -68,7 +68,8 @@ class MigrationManager:
     def migrate(self, args: dict[str, Any]) -> None:
         machine = self.machine
         if args.get("resume"):
-            raise QMPError("Cannot resume if there is no paused migration")
+            self._resume(args)
+            return
         if self.source.is_running():
             raise QMPError(MIGRATION_ACTIVE)
         if machine.vm.state is RunState.INMIGRATE:
@@ -96,6 +97,7 @@ class MigrationManager:
             machine_type=machine.stream_machine_type,
             uuid=machine.uuid_bytes,
             device_sections=machine.device_sections(),
+            report=lambda text: self.report(f"{machine.prog_name}: {text}"),
             tls_objects=machine.tls_objects,
         )
         if machine.migration.capability("multifd") and not address.multi_channel:
@@ -126,9 +128,65 @@ class MigrationManager:
         if self.outgoing is not None:
             self.outgoing.resume_switchover()
 
+    def start_postcopy(self, args: dict[str, Any] | None = None) -> None:
+        """migrate-start-postcopy (qmp_migrate_start_postcopy): a flag the migration thread
+        reads; no error once the migration has ended (that would be racy, says QEMU)."""
+        settings = self.machine.migration
+        if not (settings.capability("postcopy-ram") or settings.capability("dirty-bitmaps")):
+            raise QMPError(
+                "Enable postcopy with migrate_set_capability before the start of migration"
+            )
+        if self.source.status is MigrationStatus.NONE:
+            raise QMPError("Postcopy must be started after migration has been started")
+        if self.outgoing is not None:
+            self.outgoing.postcopy.start_requested.set()
+
+    def recover(self, args: dict[str, Any]) -> None:
+        """migrate-recover (qmp_migrate_recover): the destination listens again, for the
+        source's ``migrate resume:true``."""
+        incoming = self.incoming
+        if incoming is None or self.destination.status is not MigrationStatus.POSTCOPY_PAUSED:
+            raise QMPError("Migrate recover can only be run when postcopy is paused.")
+        uri = args["uri"]
+        self.destination.handle(MigrationEvent.INCOMING_START)  # its "setup" event
+        try:
+            address = parse_uri(uri)
+        except UnknownProtocol as err:
+            raise QMPError(f"unknown migration protocol: {uri}") from err
+        except UriError as err:
+            raise QMPError(err.desc) from err
+        from migemu.emulator.migration.link import ConnectError, Listener
+
+        if address.kind not in ("tcp", "unix"):
+            raise QMPError(f"migemu cannot recover a postcopy migration over {address.kind}")
+        try:
+            listener = Listener(address)
+        except ConnectError as err:
+            raise QMPError(err.desc) from err
+        incoming.postcopy.recover(listener)
+
     def pause(self, args: dict[str, Any] | None = None) -> None:
-        """migrate-pause: postcopy only, and migemu has no postcopy."""
+        """migrate-pause (qmp_migrate_pause): break the stream of a postcopy migration,
+        source side first; both sides go to postcopy-paused."""
+        if self.source.status is MigrationStatus.POSTCOPY_ACTIVE and self.outgoing is not None:
+            self.outgoing.postcopy.pause_request()
+            return
+        if self.destination.status is MigrationStatus.POSTCOPY_ACTIVE and self.incoming is not None:
+            self.incoming.postcopy.pause_request()
+            return
         raise QMPError("migrate-pause is currently only supported during postcopy-active state")
+
+    def _resume(self, args: dict[str, Any]) -> None:
+        """migrate resume:true (migrate_prepare's resume checks, then the new channel)."""
+        if self.source.status is not MigrationStatus.POSTCOPY_PAUSED or self.outgoing is None:
+            raise QMPError("Cannot resume if there is no paused migration")
+        if self.machine.migration.capability("release-ram"):
+            raise QMPError("Postcopy recovery cannot work when release-ram capability is set")
+        try:
+            address = parse_uri(args["uri"])
+        except (UnknownProtocol, UriError) as err:
+            raise QMPError(err.desc) from err
+        self.outgoing.postcopy.resume(address)
 
     # -- destination ------------------------------------------------------------------------
 
@@ -167,6 +225,7 @@ class MigrationManager:
             uuid=machine.uuid_bytes,
             sections=machine.incoming_sections(),
             on_section=machine.load_section,
+            workload=lambda: machine.workload,
             tls_objects=machine.tls_objects,
             report=lambda text: self.report(f"{machine.prog_name}: {text}"),
         )
@@ -192,7 +251,14 @@ class MigrationManager:
         sockets = None
         if incoming is not None and self.destination.status is not MigrationStatus.COMPLETED:
             sockets = incoming.socket_address()
-        return query_migrate(self.source, self.stats, self.destination, sockets)
+        blocktime = None
+        if incoming is not None and self.machine.migration.capability("postcopy-blocktime"):
+            ms = incoming.postcopy.blocktime_ms()
+            if ms is not None:  # QEMU's blocktime context exists once postcopy was advised
+                blocktime = (ms, [ms])  # one emulated vCPU
+        return query_migrate(
+            self.source, self.stats, self.destination, sockets, postcopy_blocktime=blocktime
+        )
 
     def shutdown(self, join_timeout_s: float = 10.0) -> None:
         """The machine is going away: end every migration thread's IO and wait for the

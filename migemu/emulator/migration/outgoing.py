@@ -28,6 +28,7 @@ from migemu.emulator.guest.zero import split_zero_runs
 from migemu.emulator.migration import faults
 from migemu.emulator.migration.channels import ChannelPool
 from migemu.emulator.migration.link import ConnectError, ErrorLatch, Link, connect
+from migemu.emulator.migration.postcopy_outgoing import OutgoingPostcopy
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.migration.stats import MigrationStats
@@ -67,6 +68,7 @@ class OutgoingContext:
     machine_type: str
     uuid: bytes
     device_sections: list[DeviceSection] = field(default_factory=list)
+    report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
     tls_objects: TlsObjects | None = None  # where tls-creds / tls-authz are looked up
 
 
@@ -161,6 +163,7 @@ class OutgoingMigration:
         # QEMU's migration bitmap: pages synced from the dirty log and not yet sent.
         self.pending = {b.name: np.zeros(b.pages, dtype=np.bool_) for b in ctx.ram.blocks}
         self.cursor: dict[str, int] = {b.name: 0 for b in ctx.ram.blocks}
+        self.postcopy = OutgoingPostcopy(self)  # return path and postcopy phase
         self.thread = threading.Thread(target=self._run, name="live_migration", daemon=True)
 
     # -- control from the monitor ----------------------------------------------------------
@@ -205,6 +208,10 @@ class OutgoingMigration:
             MigrationStatus.CANCELLED,
         ):
             return
+        if self.sm.status is MigrationStatus.POSTCOPY_ACTIVE:
+            self.sm.set_error(reason)
+            self.sm.try_handle(MigrationEvent.ERROR)
+            return
         self.sm.fail(reason)
 
     def _cleanup(self) -> None:
@@ -212,13 +219,19 @@ class OutgoingMigration:
             self.pool.stop()
         if self.main is not None:
             self.main.close()
+        self.postcopy.stop()
         status = self.sm.status
         if status is MigrationStatus.CANCELLING:
             self.sm.try_handle(MigrationEvent.CANCEL_DONE)
         if self.sm.status in (MigrationStatus.FAILED, MigrationStatus.CANCELLED):
             # migration_iteration_finish: a guest we stopped runs again
             vm = self.ctx.vm
-            if self.stopped_vm and self.vm_was_running:
+            if self.postcopy.active:
+                # The destination ran the guest: restarting the source would run it twice
+                # (QEMU 7.2 does). It stays stopped, as after a completed migration.
+                if vm.state is RunState.FINISH_MIGRATE:
+                    vm.set_state(RunState.POSTMIGRATE)
+            elif self.stopped_vm and self.vm_was_running:
                 vm.start()
             elif vm.state is RunState.FINISH_MIGRATE:
                 vm.set_state(RunState.POSTMIGRATE)
@@ -278,6 +291,9 @@ class OutgoingMigration:
             self.stats.update(self.ctx.settings.get("downtime-limit"))
             pending = self._pending_bytes()
             threshold = self.stats.threshold_size
+            if self.postcopy.wanted(pending, threshold):
+                self.postcopy.run()
+                return
             if pending < threshold:
                 self._bitmap_sync()
                 pending = self._pending_bytes()
@@ -313,6 +329,7 @@ class OutgoingMigration:
             self.ctx.dirty[block.name].mark_all()  # every page goes once
         self._bitmap_sync()
         self.writer.other(self.encoder.header())
+        self.postcopy.after_header()
         setup = self.encoder.ram_start([(b.name, b.size) for b in blocks])
         if self.pool is not None:
             self.pool.sync()
@@ -424,6 +441,7 @@ class OutgoingMigration:
             self.pool.stop()
             self.pool = None
         self.latch.check()
+        self.postcopy.await_shut()
         if self.sm.status is MigrationStatus.DEVICE:
             done = self.sm.compare_and_set(MigrationStatus.DEVICE, MigrationEvent.DEVICE_DONE)
         else:

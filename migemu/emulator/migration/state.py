@@ -39,8 +39,21 @@ from typing import Any
 # resumed (``RESUME`` precedes the event), active -> completed; a load error is
 # active -> failed (and QEMU 7.2 then exits with status 1, which is the caller's job).
 #
-# Postcopy, COLO and the 10.x-only states are values of the enum but no transition leads
-# to them: migemu implements precopy only.
+# Postcopy (7.2, migration.c/savevm.c). Source: once ``migrate-start-postcopy`` was asked
+# for, the migration thread's next iteration runs postcopy_start(): active ->
+# postcopy-active (before the VM stops and the device state goes out), then
+# postcopy-active -> completed when the last page is sent and the return path said SHUT. A
+# network failure (or ``migrate-pause``) is postcopy-active -> postcopy-paused (nothing is
+# lost: the source keeps its RAM); ``migrate resume:true`` moves postcopy-paused ->
+# postcopy-recover, and the RESUME_ACK of the destination postcopy-recover ->
+# postcopy-active; a failure while recovering pauses again. Destination: POSTCOPY_LISTEN
+# (in the device-state package) moves active -> postcopy-active, EOF of the postcopy
+# stream postcopy-active -> completed; a failed stream pauses (postcopy-paused) once the
+# guest runs; ``migrate-recover`` is postcopy-paused -> postcopy-recover and the
+# POSTCOPY_RESUME command of the source postcopy-recover -> postcopy-active.
+# migrate_cancel in a postcopy state: see manager.py (7.2 swaps it to cancelling).
+#
+# COLO and the 10.x-only states are values of the enum but no transition leads to them.
 #
 # Every emitted event is ``MIGRATION {"status": <new state>}``, only when the ``events``
 # capability is on at the moment of the swap, except for the two entries of
@@ -84,6 +97,10 @@ class MigrationEvent(Enum):
     CANCEL_DONE = "cancel-done"  # source: cleanup after cancel
     INCOMING_START = "incoming-start"  # destination: migrate-incoming / -incoming
     CHANNELS_CONNECTED = "channels-connected"  # destination: every channel is up
+    POSTCOPY_START = "postcopy-start"  # source: postcopy_start(); destination: LISTEN
+    POSTCOPY_PAUSE = "postcopy-pause"  # both: the stream broke in postcopy, or migrate-pause
+    POSTCOPY_RECOVER = "postcopy-recover"  # source: migrate resume; dest: migrate-recover
+    POSTCOPY_RESUMED = "postcopy-resumed"  # both: the recovery handshake is done
 
 
 class Side(Enum):
@@ -124,6 +141,18 @@ SOURCE_TRANSITIONS: dict[tuple[MigrationStatus, MigrationEvent], MigrationStatus
     (S.DEVICE, E.CANCEL): S.CANCELLING,
     (S.CANCELLING, E.CANCEL): S.CANCELLING,  # migrate_fd_cancel's loop swaps it again
     (S.CANCELLING, E.CANCEL_DONE): S.CANCELLED,
+    # postcopy
+    (S.ACTIVE, E.POSTCOPY_START): S.POSTCOPY_ACTIVE,
+    (S.POSTCOPY_ACTIVE, E.COMPLETE): S.COMPLETED,
+    (S.POSTCOPY_ACTIVE, E.ERROR): S.FAILED,
+    (S.POSTCOPY_ACTIVE, E.POSTCOPY_PAUSE): S.POSTCOPY_PAUSED,
+    (S.POSTCOPY_PAUSED, E.POSTCOPY_RECOVER): S.POSTCOPY_RECOVER,
+    (S.POSTCOPY_RECOVER, E.POSTCOPY_RESUMED): S.POSTCOPY_ACTIVE,
+    (S.POSTCOPY_RECOVER, E.POSTCOPY_PAUSE): S.POSTCOPY_PAUSED,
+    (S.POSTCOPY_RECOVER, E.ERROR): S.FAILED,
+    (S.POSTCOPY_ACTIVE, E.CANCEL): S.CANCELLING,
+    (S.POSTCOPY_PAUSED, E.CANCEL): S.CANCELLING,
+    (S.POSTCOPY_RECOVER, E.CANCEL): S.CANCELLING,
 }
 
 DESTINATION_TRANSITIONS: dict[tuple[MigrationStatus, MigrationEvent], MigrationStatus] = {
@@ -131,6 +160,16 @@ DESTINATION_TRANSITIONS: dict[tuple[MigrationStatus, MigrationEvent], MigrationS
     (S.NONE, E.CHANNELS_CONNECTED): S.ACTIVE,
     (S.ACTIVE, E.COMPLETE): S.COMPLETED,
     (S.ACTIVE, E.ERROR): S.FAILED,
+    # postcopy
+    (S.ACTIVE, E.POSTCOPY_START): S.POSTCOPY_ACTIVE,
+    (S.POSTCOPY_ACTIVE, E.COMPLETE): S.COMPLETED,
+    (S.POSTCOPY_ACTIVE, E.ERROR): S.FAILED,
+    (S.POSTCOPY_ACTIVE, E.POSTCOPY_PAUSE): S.POSTCOPY_PAUSED,
+    (S.POSTCOPY_PAUSED, E.POSTCOPY_RECOVER): S.POSTCOPY_RECOVER,
+    (S.POSTCOPY_RECOVER, E.POSTCOPY_RESUMED): S.POSTCOPY_ACTIVE,
+    (S.POSTCOPY_RECOVER, E.POSTCOPY_PAUSE): S.POSTCOPY_PAUSED,
+    # migrate-recover: qemu_start_incoming_migration emits "setup", the state stays
+    (S.POSTCOPY_PAUSED, E.INCOMING_START): S.POSTCOPY_PAUSED,
 }
 
 # The exceptions to "emit the new status iff `events` is on":

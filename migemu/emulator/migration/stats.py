@@ -93,6 +93,7 @@ class MigrationStats:
         self._downtime_bytes = 0
         self._postcopy_bytes = 0
         self._dirty_sync_missed_zero_copy = 0
+        self._in_postcopy = False
         self._main_stream_bytes = 0
         self._multifd_wire_bytes = 0
         # MigrationState timing and rates
@@ -200,7 +201,7 @@ class MigrationStats:
         with self._lock:
             end = self._now_ms()
             self._total_time = end - self._start_ms
-            if not self._downtime:
+            if not self._downtime and not self._in_postcopy:  # postcopy: set at its start
                 self._downtime = end - self._downtime_start_ms
             transfer_time = self._total_time - self._setup_time
             if transfer_time:
@@ -227,6 +228,8 @@ class MigrationStats:
         with self._lock:
             if vm_running:
                 self._precopy_bytes += nbytes
+            elif self._in_postcopy:
+                self._postcopy_bytes += nbytes
             else:
                 self._downtime_bytes += nbytes
             self._transferred += nbytes
@@ -277,6 +280,18 @@ class MigrationStats:
                 self._time_last_bitmap_sync_ms = now
                 self._num_dirty_pages_period = 0
             return self._dirty_sync_count
+
+    def postcopy_started(self) -> None:
+        """postcopy_start() sent the device state: downtime is fixed now (ms->downtime), and
+        RAM bytes from here on are postcopy-bytes (the VM is stopped, in postcopy)."""
+        with self._lock:
+            self._in_postcopy = True
+            self._downtime = self._now_ms() - self._downtime_start_ms
+
+    def add_postcopy_request(self) -> None:
+        """The destination asked for a page (ram_save_queue_pages)."""
+        with self._lock:
+            self._postcopy_requests += 1
 
     def add_dirty_sync_missed_zero_copy(self) -> None:
         with self._lock:

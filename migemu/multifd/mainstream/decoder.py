@@ -200,6 +200,21 @@ class MainStreamDecoder:
             return
         raise PeerBroken(_EIO)
 
+    def resume_at_top(self) -> None:
+        """A postcopy recovery: the stream goes on, on a new connection, at a top-level
+        record (qemu_loadvm_state_main's ``retry``). Whatever was buffered of the broken
+        connection is dropped, and so is its error; section ids are kept. The source names
+        the RAM block again in its first page record."""
+        self._buf = bytearray()
+        self._pos = 0
+        self._error = None
+        self._paused = False
+        self._eof = False
+        self._section = None
+        self._last_block = None
+        if self._state is not _State.DONE:
+            self._state = _State.TOP
+
     @property
     def paused(self) -> bool:
         """With ``pause_at_eos``: True after a RamEOS record until ``release()``."""

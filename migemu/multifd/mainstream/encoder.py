@@ -168,6 +168,11 @@ class MainStreamEncoder:
             + encode_section_footer(RAM_SECTION_ID)
         )
 
+    def reset_block(self) -> None:
+        """Forget the last block named: the next page record names it again (QEMU resets
+        ``last_sent_block`` when postcopy starts and when it resumes)."""
+        self._last_block = None
+
     def ram_part(self) -> bytes:
         """Opens an iteration section (PART); follow with records, then ``ram_close``."""
         return encode_section_part(RAM_SECTION_ID)

@@ -5,6 +5,7 @@ pages of a packet deflated in order and the packet closed with ``Z_SYNC_FLUSH``,
 payload ends on a byte boundary (``00 00 ff ff``) and the stream is never finished. The
 receiver keeps one inflate stream for the channel's life and produces at most one byte more
 than the packet's pages (then refuses), so a hostile payload cannot blow up memory.
+The sender may deflate with a faster drop-in library (``deflate``: same stream format).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import ClassVar
 
 from migemu.multifd.constants import FLAG_ZLIB
 from migemu.multifd.errors import CodecError
+from migemu.multifd.methods import deflate
 from migemu.multifd.methods.base import Buffer, Pages, RecvMethod, SendMethod, page_count
 
 _ERROR_CODE = re.compile(r"Error (-?\d+)")
@@ -24,11 +26,14 @@ class ZlibSend(SendMethod):
     name: ClassVar[str] = "zlib"
     flag: ClassVar[int] = FLAG_ZLIB
 
-    def __init__(self, channel_id: int, level: int = 1) -> None:
+    def __init__(self, channel_id: int, level: int = 1, backend: str | None = None) -> None:
         if not 0 <= level <= 9:
             raise ValueError(f"zlib level must be 0..9, not {level}")
         super().__init__(channel_id, level)
-        self._stream = _zlib.compressobj(level)
+        self.backend = backend or deflate.selected()
+        module = deflate.load(self.backend)
+        self._stream = module.compressobj(level)
+        self._sync_flush = module.Z_SYNC_FLUSH
 
     def compress(self, pages: Pages) -> bytes:
         page_count(pages)
@@ -37,7 +42,7 @@ class ZlibSend(SendMethod):
             chunks = [stream.compress(pages)]
         else:
             chunks = [stream.compress(page) for page in pages]
-        chunks.append(stream.flush(_zlib.Z_SYNC_FLUSH))
+        chunks.append(stream.flush(self._sync_flush))
         return b"".join(chunks)
 
 
