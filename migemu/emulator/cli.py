@@ -163,6 +163,17 @@ def machine_options(config: VMConfig) -> MachineOptions:
     return options
 
 
+def add_tls_objects(machine: Machine, config: VMConfig) -> None:
+    """The -object tls-creds-*/authz-simple of the command line (checked by the parser)."""
+    from migemu.emulator.migration.tls import TlsError
+
+    for obj in config.tls_objects:
+        try:
+            machine.tls_objects.add(obj.qom_type, obj.id, dict(obj.properties))
+        except TlsError as err:
+            raise QMPError(err.desc) from err
+
+
 def daemonize() -> Callable[[], None]:
     """Fork; the parent exits 0 once the child calls the returned function (or 1 if it dies)."""
     read_fd, write_fd = os.pipe()
@@ -217,6 +228,7 @@ def run(config: VMConfig) -> int:
         return 1
     try:
         machine = Machine(machine_options(config), ram)
+        add_tls_objects(machine, config)
     except (SettingsError, QMPError) as err:
         ram.close()
         print(f"{prog}: {err}", file=sys.stderr)

@@ -66,6 +66,7 @@ class Machine:
         from migemu.emulator.commands import register_all  # commands import Machine's types
         from migemu.emulator.migration.manager import MigrationManager
         from migemu.emulator.migration.settings import MigrationSettings
+        from migemu.emulator.migration.tls import TlsObjects
 
         self.options = options
         self.uuid = str(uuidlib.UUID(options.uuid))
@@ -81,6 +82,7 @@ class Machine:
         self.cpu_throttle = CpuThrottle()  # auto-converge's; the workload follows it
         self.set_guest(options.guest)
         self.vm.add_listener(self._runstate_changed)
+        self.tls_objects = TlsObjects()  # -object / object-add tls-creds-*, authz-simple
         self.migrations = MigrationManager(self)
         self.dispatcher = Dispatcher()
         self.fdsets = FdSets(running=lambda: self.vm.state is RunState.RUNNING)

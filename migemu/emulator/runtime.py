@@ -72,6 +72,10 @@ async def serve(
     finally:
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
+        # The process is ending with its status (QEMU's exit() is immediate): a SIGTERM
+        # during the teardown must not turn "exit 1" into "killed by a signal".
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for service in reversed(services):
             await service.close()
         for endpoint in endpoints:

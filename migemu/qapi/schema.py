@@ -28,6 +28,7 @@ MODULES: tuple[str, ...] = (
     "control",
     "introspect",
     "qom",
+    "tls",  # crypto/authz/qom definitions of the TLS objects, where QEMU includes qom
     "qdev",
     "machine",
     "machine-target",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -142,7 +143,21 @@ def test_every_entity_matches_real_qemu(real_schema):
         if getattr(entity, "module", None) == "migemu":
             continue  # migemu-only (x-migemu-*): QEMU has no such command
         assert entity.name in real_names, entity.name
-        assert expand(ours, entity.name) == expand(real_schema, entity.name), entity.name
+        mine, real = expand(ours, entity.name), expand(real_schema, entity.name)
+        if entity.name == "object-add":  # migemu defines the branches of its object types
+            mine, real = _defined_variants(mine, real)
+        assert mine == real, entity.name
+
+
+def _defined_variants(mine: Any, real: Any) -> tuple[Any, Any]:
+    """object-add's ObjectOptions, real QEMU's cut to the branches migemu has (the rest are
+    empty in ours); base members, tag and the qom-type enum compare in full."""
+    ours_arg, real_arg = mine["arg-type"], real["arg-type"]
+    defined = {v["case"] for v in ours_arg["variants"] if v["type"]["members"]}
+    real_arg = {**real_arg, "variants": [v for v in real_arg["variants"] if v["case"] in defined]}
+    ours_arg = {**ours_arg, "variants": [v for v in ours_arg["variants"] if v["case"] in defined]}
+    assert len(defined) >= 4
+    return {**mine, "arg-type": ours_arg}, {**real, "arg-type": real_arg}
 
 
 @needs_qemu

@@ -117,11 +117,21 @@ class AddFdConfig:
 
 
 @dataclass(frozen=True)
+class TlsObjectConfig:
+    """-object tls-creds-x509|tls-creds-psk|tls-creds-anon|authz-simple (migration/tls.py)."""
+
+    qom_type: str
+    id: str
+    properties: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class VMConfig:
     prog_name: str  # basename of argv[0], the prefix of every message
     machine: MachineConfig
     memory: MemoryConfig
     memory_backends: tuple[MemoryBackendConfig, ...] = ()
+    tls_objects: tuple[TlsObjectConfig, ...] = ()
     chardevs: tuple[ChardevConfig, ...] = ()  # includes those made for -qmp/-monitor/-serial
     monitors: tuple[MonitorConfig, ...] = ()  # -qmp, -monitor and -mon, in order
     serials: tuple[SerialConfig, ...] = ()

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from migemu.emulator.migration.tls import PROPERTIES as TLS_OBJECT_PROPERTIES
+
 from . import libvirt_options
 from .config import (
     MIB,
@@ -34,6 +36,7 @@ from .config import (
     MemoryConfig,
     MonitorConfig,
     SerialConfig,
+    TlsObjectConfig,
     VMConfig,
 )
 from .qemuopts import (
@@ -216,12 +219,12 @@ _BACKEND_PROPS: dict[str, tuple[tuple[str, str], ...]] = {
 _REQUIRED_PROPS = {"memory-backend-ram": ("size",), "memory-backend-file": ("size", "mem-path")}
 # Valid QEMU object types migemu does not emulate: refused with a migemu message.
 OTHER_OBJECT_TYPES = frozenset(
-    "authz-list authz-list-file authz-simple can-bus can-host-socketcan colo-compare "
+    "authz-list authz-list-file can-bus can-host-socketcan colo-compare "
     "cryptodev-backend cryptodev-backend-builtin cryptodev-vhost-user dbus-vmstate "
     "filter-buffer filter-dump filter-mirror filter-redirector filter-replay filter-rewriter "
     "input-barrier input-linux iothread main-loop memory-backend-memfd pr-manager-helper qtest "
     "rng-builtin rng-egd rng-random secret secret_keyring sev-guest thread-context "
-    "throttle-group tls-cipher-suites tls-creds-anon tls-creds-psk tls-creds-x509 "
+    "throttle-group tls-cipher-suites "
     "x-remote-object".split()
 )
 _HOST_MEM_POLICIES = frozenset({"default", "preferred", "bind", "interleave"})
@@ -276,6 +279,7 @@ class _Builder:
     mem_opts: dict[str, str] = field(default_factory=dict)
     mem_loc: _Loc | None = None
     backends: list[tuple[MemoryBackendConfig, _Loc]] = field(default_factory=list)
+    tls_objects: list[tuple[TlsObjectConfig, _Loc]] = field(default_factory=list)
     chardevs: list[tuple[ChardevConfig, _Loc]] = field(default_factory=list)
     monitors: list[tuple[MonitorConfig, _Loc]] = field(default_factory=list)
     serials: list[tuple[SerialConfig, _Loc]] = field(default_factory=list)
@@ -447,6 +451,9 @@ def _opt_object(b: _Builder, arg: str, loc: _Loc) -> None:
         raise b.fail("Parameter 'qom-type' is missing", loc)
     if qom_type in OTHER_OBJECT_TYPES:
         raise b.fail(f"object type '{qom_type}' is not supported by migemu", loc)
+    if qom_type in TLS_OBJECT_PROPERTIES:
+        _tls_object(b, qom_type, values, loc)
+        return
     if qom_type not in _BACKEND_PROPS:
         raise b.fail(f"Parameter 'qom-type' does not accept value '{qom_type}'", loc)
     object_id = values.get("id")
@@ -474,6 +481,35 @@ def _opt_object(b: _Builder, arg: str, loc: _Loc) -> None:
         properties=tuple((k, v) for k, v in values.items() if k not in ("qom-type", "id")),
     )
     b.backends.append((backend, loc))
+
+
+def _tls_object(b: _Builder, qom_type: str, values: dict[str, str], loc: _Loc) -> None:
+    """-object tls-creds-*/authz-simple: checked and created as QEMU does at startup (files
+    are read then: a missing one ends the process with QEMU's text)."""
+    from migemu.emulator.migration.tls import TlsError, create_object
+
+    object_id = values.get("id")
+    if object_id is None:
+        raise b.fail("Parameter 'id' is missing", loc)
+    b.check_id(object_id, loc)
+    known = set(TLS_OBJECT_PROPERTIES[qom_type]) | {"qom-type", "id"}
+    for key in values:
+        if key not in known:
+            raise b.fail(f"Invalid parameter '{key}'", loc)
+    if any(o.id == object_id for o, _ in b.tls_objects) or any(
+        c.id == object_id for c, _ in b.backends
+    ):
+        raise b.fail(
+            f"attempt to add duplicate property '{object_id}' to object (type 'container')", loc
+        )
+    if qom_type == "authz-simple" and "identity" not in values:
+        raise b.fail("Parameter 'identity' is missing", loc)
+    props = tuple((k, v) for k, v in values.items() if k not in ("qom-type", "id"))
+    try:
+        create_object(qom_type, object_id, dict(props))
+    except TlsError as err:  # QEMU creates them after the option parsing: no location
+        raise b.fail(err.desc) from err
+    b.tls_objects.append((TlsObjectConfig(qom_type, object_id, props), loc))
 
 
 def _add_chardev(b: _Builder, chardev: ChardevConfig, loc: _Loc) -> None:
@@ -1054,6 +1090,7 @@ def _finish(b: _Builder, check_global: GlobalCheck | None) -> VMConfig:
         machine=machine,
         memory=memory,
         memory_backends=tuple(c for c, _ in b.backends),
+        tls_objects=tuple(o for o, _ in b.tls_objects),
         chardevs=tuple(c for c, _ in b.chardevs),
         monitors=tuple(m for m, _ in b.monitors),
         serials=tuple(s for s, _ in b.serials),

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def register_all(machine: Machine) -> None:
-    from migemu.emulator.commands import control, faults, fds, hmp, migration, probe, vm
+    from migemu.emulator.commands import control, faults, fds, hmp, migration, objects, probe, vm
 
-    for module in (control, vm, migration, hmp, faults, fds, probe):
+    for module in (control, vm, migration, hmp, faults, fds, objects, probe):
         module.register(machine)

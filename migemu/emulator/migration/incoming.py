@@ -26,6 +26,7 @@ from migemu.emulator.migration.link import ErrorLatch, ExecSource, FdSource, Lin
 from migemu.emulator.migration.postcopy_incoming import IncomingPostcopy
 from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
+from migemu.emulator.migration.tls import TlsError, TlsObjects
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
 from migemu.emulator.runstate import RunState
 from migemu.emulator.vm import VM
@@ -74,6 +75,7 @@ class IncomingContext:
     # The guest's vCPU, which waits for missing pages in postcopy (None: no guest).
     workload: Callable[[], Workload | None] | None = None
     report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
+    tls_objects: TlsObjects | None = None  # where tls-creds / tls-authz are looked up
 
 
 class _Barrier:
@@ -277,8 +279,27 @@ class IncomingMigration:
             self._cleanup()
             self.on_finish(self)
 
+    def _accept(self, name: str) -> Link:
+        """One connection; with ``tls-creds``, after its TLS handshake and checks. As in 7.2
+        (migration_tls_incoming_handshake), a connection whose TLS fails is reported and
+        dropped, and the destination goes on waiting for the next one."""
+        from migemu.emulator.migration import tls
+
+        while True:
+            link = self.listener.accept(self.latch, name)
+            params = self.ctx.settings.parameters
+            if not tls.tls_enabled(params):
+                return link
+            try:
+                link.start_tls(tls.server_session(self.ctx.tls_objects or TlsObjects(), params))
+                return link
+            except TlsError as err:
+                link.close()
+                if self.ctx.report is not None:
+                    self.ctx.report(err.desc)
+
     def _accept_all(self) -> None:
-        self.main = self.listener.accept(self.latch, "main")
+        self.main = self._accept("main")
         self.multifd = self.ctx.settings.capability("multifd")
         if not self.multifd:
             self.postcopy.accept_preempt(self.listener)  # with postcopy-preempt
@@ -295,7 +316,7 @@ class IncomingMigration:
                     f"multifd: the source opened {len(taken)} of {wanted} channels "
                     f"within {CHANNEL_TIMEOUT_S:g} s (are multifd-channels the same on both sides?)"
                 )
-            link = self.listener.accept(self.latch, f"multifd{accepted}")
+            link = self._accept(f"multifd{accepted}")
             decoder = ChannelDecoder(method, blocks)
             try:
                 greeting = self._read_greeting(link, decoder, accepted)
@@ -325,7 +346,7 @@ class IncomingMigration:
         wanted = self.ctx.settings.get("multifd-channels")
         if not self.multifd:
             raise ProtocolError(NOT_MULTIFD)
-        link = self.listener.accept(self.latch, "extra")
+        link = self._accept("extra")
         try:
             decoder = ChannelDecoder(self.ctx.settings.get("multifd-compression"), {})
             greeting = self._read_greeting(link, decoder, wanted)

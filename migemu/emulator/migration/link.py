@@ -19,13 +19,16 @@ import stat
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from migemu.emulator.migration import faults
 from migemu.emulator.migration.info import inet_socket_address, unix_socket_address
 from migemu.emulator.migration.uri import MigrationAddress
 from migemu.emulator.unixsock import owner_only
 from migemu.multifd.errors import UNEXPECTED_EOF, ChannelClosed, MultiFDError, PeerBroken
+
+if TYPE_CHECKING:
+    from migemu.emulator.migration.tls import TlsSession, TlsStream
 
 Buffer = bytes | bytearray | memoryview
 FILE_POLL_MS = 100  # a file/pipe transfer notices a shutdown within this
@@ -208,7 +211,10 @@ class Link:
     """One migration connection; all IO goes through the latch."""
 
     def __init__(
-        self, stream: _SocketStream | _PipeStream | _FileStream, latch: ErrorLatch, name: str
+        self,
+        stream: _SocketStream | _PipeStream | _FileStream | TlsStream,
+        latch: ErrorLatch,
+        name: str,
     ) -> None:
         self.stream = stream
         self.latch = latch
@@ -216,6 +222,7 @@ class Link:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._closed = False
+        self._pending_tls: TlsSession | None = None
         latch.register(self._shutdown)
         self.record = faults.track(self)
 
@@ -223,8 +230,47 @@ class Link:
         with contextlib.suppress(OSError):
             self.stream.shutdown()
 
+    def start_tls(self, session: TlsSession) -> None:
+        """Turn this connection into a TLS one (handshake and peer checks, blocking).
+
+        A failure raises ``TlsError`` with QEMU's text without latching it (the destination
+        drops the connection and goes on listening; the source fails with it); a cancel
+        during the handshake shuts the socket down and raises the latched error instead.
+        """
+        from migemu.emulator.migration.tls import TlsError, handshake
+
+        self.latch.check()
+        if not isinstance(self.stream, _SocketStream):
+            raise TlsError("TLS needs a socket connection")
+        try:
+            self.stream = handshake(self.stream.sock, session)
+        except TlsError:
+            self.latch.check()
+            raise
+
+    def defer_tls(self, session: TlsSession) -> None:
+        """Run ``start_tls`` at this link's first IO, in the thread that does it: each
+        multifd channel handshakes in its own thread and sends its greeting right after,
+        as QEMU's multifd_tls_channel_connect does (a destination that reads one channel's
+        greeting before accepting the next would otherwise wait for the source forever).
+        A failure latches as the migration's error."""
+        self._pending_tls = session
+
+    def _tls_first(self) -> None:
+        session, self._pending_tls = self._pending_tls, None
+        if session is None:
+            return
+        from migemu.emulator.migration.tls import TlsError
+
+        try:
+            self.start_tls(session)
+        except TlsError as err:
+            raise self._broken(err.desc) from err
+
     def send(self, data: Buffer) -> None:
         """Write all of ``data``; a failure latches ``Unable to write to …: <reason>``."""
+        if self._pending_tls is not None:
+            self._tls_first()
         view = memoryview(data).cast("B")
         while view:
             self.latch.check()
@@ -238,6 +284,8 @@ class Link:
 
     def sendv(self, buffers: Sequence[Buffer]) -> None:
         """Write several buffers back to back (one ``sendmsg`` when it can)."""
+        if self._pending_tls is not None:
+            self._tls_first()
         if not isinstance(self.stream, _SocketStream):
             for b in buffers:
                 self.send(b)
@@ -261,6 +309,8 @@ class Link:
 
     def recv_into(self, buf: memoryview) -> int:
         """Read some bytes (0 at EOF); a failure latches ``Unable to read from …``."""
+        if self._pending_tls is not None:
+            self._tls_first()
         self.latch.check()
         faults.on_io(self, "recv")
         try:

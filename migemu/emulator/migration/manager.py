@@ -110,6 +110,7 @@ class MigrationManager:
             uuid_set=machine.options.uuid_set,
             throttle=machine.cpu_throttle,
             report=lambda text: self.report(f"{machine.prog_name}: {text}"),
+            tls_objects=machine.tls_objects,
         )
         if machine.migration.capability("multifd") and not address.multi_channel:
             self.report(f"{machine.prog_name}: multifd is not supported by current protocol")
@@ -247,6 +248,7 @@ class MigrationManager:
             on_section=machine.load_section,
             uuid_set=machine.options.uuid_set,
             workload=lambda: machine.workload,
+            tls_objects=machine.tls_objects,
             report=lambda text: self.report(f"{machine.prog_name}: {text}"),
         )
         self.incoming_address = address

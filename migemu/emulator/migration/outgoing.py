@@ -33,6 +33,7 @@ from migemu.emulator.migration.settings import MigrationSettings
 from migemu.emulator.migration.state import MigrationEvent, MigrationStateMachine, MigrationStatus
 from migemu.emulator.migration.stats import MigrationStats
 from migemu.emulator.migration.throttle import AutoConverge, CpuThrottle
+from migemu.emulator.migration.tls import TlsError, TlsObjects, TlsSession
 from migemu.emulator.migration.uri import MigrationAddress
 from migemu.emulator.ram import PAGE_SIZE, GuestRAM
 from migemu.emulator.runstate import RunState
@@ -71,6 +72,7 @@ class OutgoingContext:
     uuid_set: bool = False  # -uuid was given: validate-uuid then sends it (configuration)
     throttle: CpuThrottle | None = None  # the vCPU throttle auto-converge drives
     report: Callable[[str], None] | None = None  # error_report (stderr, program name first)
+    tls_objects: TlsObjects | None = None  # where tls-creds / tls-authz are looked up
 
 
 class MainWriter:
@@ -245,14 +247,38 @@ class OutgoingMigration:
             elif vm.state is RunState.FINISH_MIGRATE:
                 vm.set_state(RunState.POSTMIGRATE)
 
+    def _tls_session(self) -> TlsSession | None:
+        """migration_tls_client_create, once the main channel is connected (as in 7.2)."""
+        from migemu.emulator.migration import tls
+
+        if not tls.tls_enabled(self.params):
+            return None
+        host = self.address.host if self.address.kind == "tcp" else None
+        return tls.client_session(self.ctx.tls_objects or TlsObjects(), self.params, host)
+
+    def _open(self, name: str, session: TlsSession | None) -> Link:
+        link = connect(self.address, self.latch, name)
+        if session is not None:
+            link.defer_tls(session)  # its channel thread handshakes, then greets
+        return link
+
     def _connect(self) -> None:
         self.main = connect(self.address, self.latch, "main")
+        try:
+            session = self._tls_session()
+            if session is not None:
+                self.main.start_tls(session)
+        except TlsError as err:
+            # Closed before the state says failed, as QEMU drops the channel first: the
+            # destination sees the end at once (and exits, if its handshake had succeeded).
+            self.main.close()
+            raise ConnectError(err.desc) from err
         self.writer = MainWriter(self.main, self.stats)
         if self.multifd:
             links: list[Link] = []
             try:
                 for i in range(self.params["multifd-channels"]):
-                    links.append(connect(self.address, self.latch, f"multifd{i}"))
+                    links.append(self._open(f"multifd{i}", session))
             except BaseException:
                 for link in links:  # the pool never got them: close them here, now
                     link.close()
