@@ -48,7 +48,7 @@ COMMANDS: dict[str, str] = {
     "query-cpu-model-expansion": "machine-target",
     "query-cpu-definitions": "machine-target",
     "query-iothreads": "misc",
-    "query-command-line-options": "misc",
+    "query-command-line-options": "fds",  # after getfd..query-fdsets, as in misc.json
     "query-sev-capabilities": "misc-target",
     "query-sgx-capabilities": "misc-target",
 }
