@@ -79,6 +79,14 @@ async def throttle_steps(cluster: Cluster, binary: str) -> tuple[list[int | None
             "downtime-limit": 1,
         },
     )
+    # As migration-test's wait_for_serial: one whole sweep first ("B"), so every page of the
+    # range is non-zero and dirtied again; a guest slowed by a loaded host has not started
+    # yet otherwise, and the still-zero RAM migrates at once without any throttling.
+    serial = cluster.tmp / f"{binary}-src.serial"
+    end = time.monotonic() + DEADLINE_S
+    while b"B" not in (serial.read_bytes() if serial.exists() else b""):
+        assert time.monotonic() < end, f"{binary}: the guest never completed a sweep"
+        await asyncio.sleep(0.05)
     await src.cmd("migrate", {"uri": f"unix:{sock}"})
     steps: list[int | None] = []
     end = time.monotonic() + DEADLINE_S
