@@ -24,13 +24,6 @@ pytestmark = pytest.mark.asyncio
 DEADLINE_S = 90.0
 
 
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
-
-
 def argv0(name: str) -> list[str]:
     if name == "qemu":
         assert QEMU is not None

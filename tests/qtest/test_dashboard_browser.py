@@ -41,13 +41,6 @@ URL_LINE = re.compile(r"dashboard at (http://127\.0\.0\.1:\d+/)")
 SCREENSHOT_DIR = os.environ.get("MIGEMU_DASHBOARD_SCREENSHOT_DIR")  # keep the screenshot
 
 
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
-
-
 async def wait_for(predicate, what: str, deadline_s: float = DEADLINE_S):
     end = time.monotonic() + deadline_s
     while not (value := predicate()):

@@ -240,13 +240,6 @@ def image(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
-
-
 @pytest.mark.parametrize("method", METHODS)
 async def test_fault_matrix(cluster, tmp_path, image, method):
     bench = Bench(cluster, tmp_path, image, method)

@@ -9,7 +9,7 @@ to the source's. The QEMU cases run the same flows with real qemu-system-x86_64 
 from __future__ import annotations
 
 import pytest
-from harness import QEMU, Cluster, make_image, page_stats, qemu_cmd, setup_pair, sha256
+from harness import QEMU, make_image, page_stats, qemu_cmd, setup_pair, sha256
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,13 +34,6 @@ def image(tmp_path):
     path = tmp_path / "image.ram"
     make_image(path, MIB, seed=5)
     return path
-
-
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
 
 
 async def migrate(

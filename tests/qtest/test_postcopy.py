@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import DEADLINE_S, QEMU, Cluster, make_image, qemu_cmd, setup_pair, sha256
+from harness import DEADLINE_S, QEMU, make_image, qemu_cmd, setup_pair, sha256
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,13 +66,6 @@ def shm():
     path = Path(tempfile.mkdtemp(prefix="migemu-postcopy-", dir="/dev/shm"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
 
 
 def binary(kind: str) -> list[str] | None:

@@ -11,14 +11,7 @@ import signal
 import subprocess
 
 import pytest
-from harness import QEMU, Cluster, connect_when_ready, migemu_cmd
-
-
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
+from harness import QEMU, connect_when_ready, migemu_cmd
 
 
 async def test_sigterm_exits_zero_with_shutdown_event(cluster):

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Cluster
 
 pytestmark = pytest.mark.asyncio
 
@@ -29,13 +28,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
 
 
 async def flood(path: Path, seed: int, stop: asyncio.Event) -> int:

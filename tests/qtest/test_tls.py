@@ -38,13 +38,6 @@ def image(tmp_path):
     return path
 
 
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
-
-
 def binary(kind: str) -> list[str] | None:
     return qemu_cmd() if kind == "qemu" else None
 

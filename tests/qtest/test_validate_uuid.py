@@ -23,13 +23,6 @@ EXPECTED = [  # what QEMU 7.2 prints (checked against it below)
 ]
 
 
-@pytest.fixture
-async def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    await c.close()
-
-
 def argv0(name: str) -> list[str]:
     return qemu_cmd() if name == "qemu" else migemu_cmd()
 
